@@ -1,0 +1,7 @@
+"""Network architectures."""
+from .attention import (Aggregation, Subtraction, Subtraction2, aggregation, aggregation_unfold, position, subtraction,
+                        subtraction2, unfold_reflect)
+from .jdnet_arch import JDNet, JDNetConfig
+
+__all__ = ["JDNet", "JDNetConfig", "Aggregation", "Subtraction", "Subtraction2", "aggregation", "aggregation_unfold",
+           "position", "subtraction", "subtraction2", "unfold_reflect"]

@@ -1,0 +1,168 @@
+"""Pairwise self-attention operations of SAN (Zhao, Jia, Koltun, CVPR 2020), as JDNet uses them.
+
+The authors ran these as hand-written CUDA kernels. Here each one is a pure-PyTorch function
+(differentiable, any device and dtype) and an ``nn.Module``. Neighbours outside the image are
+read by reflection (index -1 reads index 1), so H and W must be at least ``kernel_size // 2 + 1``.
+
+Shapes follow SAN: a relation tensor is ``(B, C, K, H*W)`` with ``K = kernel_size**2`` and the
+offsets ordered row-major, as ``F.unfold`` orders them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "position",
+    "unfold_reflect",
+    "subtraction",
+    "subtraction2",
+    "aggregation",
+    "aggregation_unfold",
+    "Subtraction",
+    "Subtraction2",
+    "Aggregation",
+]
+
+
+def _check_size(x: torch.Tensor, kernel_size: int) -> int:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    pad = kernel_size // 2
+    h, w = x.shape[-2:]
+    if min(h, w) <= pad:
+        raise ValueError(
+            f"image of size {h}x{w} is too small for a {kernel_size}x{kernel_size} attention window "
+            f"with reflection: both sides must be at least {pad + 1}"
+        )
+    return pad
+
+
+def position(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+    """The 2-channel coordinate map ``(1, 2, H, W)``: x then y, each ``linspace(-1, 1)``."""
+    loc_w = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype).expand(height, width)
+    loc_h = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)[:, None].expand(height, width)
+    return torch.stack([loc_w, loc_h])[None]
+
+
+def unfold_reflect(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """All ``K`` reflected neighbours of every pixel: ``(B, C, H, W) -> (B, C, K, H*W)``."""
+    pad = _check_size(x, kernel_size)
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return F.unfold(xp, kernel_size).view(b, c, kernel_size * kernel_size, h * w)
+
+
+def subtraction(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Centre minus neighbour: ``out[b, c, q, p] = x[b, c, p] - x[b, c, p + q]``."""
+    return subtraction2(x, x, kernel_size)
+
+
+def subtraction2(x1: torch.Tensor, x2: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Centre of ``x1`` minus neighbour of ``x2``: ``out[b, c, q, p] = x1[b, c, p] - x2[b, c, p + q]``."""
+    if x1.shape != x2.shape:
+        raise ValueError(f"subtraction2 needs equal shapes, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    b, c, h, w = x1.shape
+    return x1.reshape(b, c, 1, h * w) - unfold_reflect(x2, kernel_size)
+
+
+class _ShiftAggregate(torch.autograd.Function):
+    """``out = sum_q xp[window q] * w[q]`` over a padded input, one offset at a time.
+
+    Autograd through 49 slices would allocate a zero-filled copy of ``xp`` per slice in backward;
+    this backward accumulates into one gradient buffer instead.
+    """
+
+    @staticmethod
+    def forward(ctx, xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        # xp: (B, G, S, H + 2p, W + 2p); weight: (B, 1, S, K, H, W)
+        h, w = weight.shape[-2:]
+        out = torch.zeros(xp.shape[:3] + (h, w), dtype=torch.result_type(xp, weight), device=xp.device)
+        for q in range(kernel_size * kernel_size):
+            i, j = divmod(q, kernel_size)
+            out.addcmul_(xp[..., i : i + h, j : j + w], weight[:, :, :, q])
+        ctx.save_for_backward(xp, weight)
+        ctx.kernel_size = kernel_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        xp, weight = ctx.saved_tensors
+        k = ctx.kernel_size
+        h, w = weight.shape[-2:]
+        grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        for q in range(k * k):
+            i, j = divmod(q, k)
+            window = (..., slice(i, i + h), slice(j, j + w))
+            if grad_xp is not None:
+                grad_xp[window].addcmul_(grad_out, weight[:, :, :, q])
+            if grad_w is not None:
+                grad_w[:, 0, :, q] = (grad_out * xp[window]).sum(1)
+        return grad_xp, grad_w, None
+
+
+def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Attention-weighted sum over each window, weights shared across channel groups.
+
+    ``out[b, c, p] = sum_q weight[b, c mod S, q, p] * x[b, c, p + q]`` with ``x`` of shape
+    ``(B, C, H, W)``, ``weight`` of shape ``(B, S, K, H*W)`` and ``C`` a multiple of ``S``.
+
+    The neighbours are visited one offset at a time (shift and accumulate), so no
+    ``(B, C, K, H*W)`` copy of ``x`` is made, forward or backward.
+    """
+    pad = _check_size(x, kernel_size)
+    b, c, h, w = x.shape
+    s = weight.shape[1]
+    k2 = kernel_size * kernel_size
+    if weight.shape != (b, s, k2, h * w) or c % s:
+        raise ValueError(
+            f"aggregation: weight of shape {tuple(weight.shape)} does not fit input {tuple(x.shape)} "
+            f"with kernel_size {kernel_size} (expected (B, S, {k2}, {h * w}) with C divisible by S)"
+        )
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
+    out = _ShiftAggregate.apply(xp, weight.reshape(b, 1, s, k2, h, w), kernel_size)
+    return out.reshape(b, c, h, w)
+
+
+def aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`aggregation` computed the straightforward way, on all ``K`` unfolded copies of ``x``
+    (the reference the fast path is tested and benchmarked against)."""
+    b, c, h, w = x.shape
+    s = weight.shape[1]
+    xu = unfold_reflect(x, kernel_size).view(b, c // s, s, kernel_size * kernel_size, h * w)
+    return (xu * weight.view(b, 1, s, -1, h * w)).sum(3).view(b, c, h, w)
+
+
+class Subtraction(nn.Module):
+    """Module form of :func:`subtraction`."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return subtraction(x, self.kernel_size)
+
+
+class Subtraction2(nn.Module):
+    """Module form of :func:`subtraction2`."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return subtraction2(x1, x2, self.kernel_size)
+
+
+class Aggregation(nn.Module):
+    """Module form of :func:`aggregation`."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return aggregation(x, weight, self.kernel_size)

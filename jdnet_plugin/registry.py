@@ -1,0 +1,111 @@
+"""One registry of named JDNet presets and of named pretrained weights (timm's ``create_model`` style)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archs import JDNet, JDNetConfig
+
+__all__ = ["register_model", "list_models", "model_config", "create_model",
+           "PretrainedWeights", "register_weights", "list_weights", "get_weights", "resolve_weights",
+           "DEFAULT_WEIGHTS", "WEIGHTS_DIR"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = "default"
+
+_MODELS: dict[str, dict] = {}
+
+
+def register_model(name: str, **config) -> None:
+    """Register a preset: a name for a set of :class:`JDNetConfig` parameters."""
+    JDNetConfig(**config)  # fail at registration, not at first use
+    _MODELS[name] = dict(config)
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_config(name: str, **overrides) -> JDNetConfig:
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return JDNetConfig(**{**_MODELS[name], **overrides})
+
+
+def create_model(name: str = "jdnet", **overrides) -> JDNet:
+    """A randomly initialised JDNet of a registered preset, with any parameter overridden.
+
+    >>> create_model("jdnet-lite", units=2).config.units
+    2
+    """
+    return JDNet(model_config(name, **overrides))
+
+
+# The paper's setting and the authors' two ablations.
+register_model("jdnet")
+register_model("jdnet-no-sa", self_attention=False)
+register_model("jdnet-no-sa-sc", self_attention=False, self_calibration=False)
+# Small enough to train on a 2-core CPU in about an hour.
+register_model("jdnet-lite", channels=16, units=6, scales=3)
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A weights file shipped in the package, with its checksum and what it was measured to do."""
+
+    name: str
+    file: str
+    sha256: str
+    model: str
+    description: str = ""
+    metrics: dict = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+
+_WEIGHTS: dict[str, PretrainedWeights] = {}
+
+
+def register_weights(weights: PretrainedWeights) -> None:
+    for key in (weights.name, *weights.aliases):
+        _WEIGHTS[key] = weights
+
+
+def list_weights() -> list[str]:
+    return sorted(_WEIGHTS)
+
+
+def get_weights(name: str) -> PretrainedWeights:
+    if name not in _WEIGHTS:
+        known = ", ".join(list_weights()) or "none are registered yet"
+        raise KeyError(f"unknown weights {name!r}; registered weights: {known}")
+    return _WEIGHTS[name]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(name: str) -> Path:
+    """The local file of registered weights, after checking it exists and its checksum matches."""
+    spec = get_weights(name)
+    path = spec.path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights {name!r} should be shipped at {path}, but the file is missing; "
+            "reinstall jdnet-plugin or pass a checkpoint path"
+        )
+    digest = _sha256(path)
+    if digest != spec.sha256:
+        raise ValueError(
+            f"weights file {path} is corrupt or was changed: sha256 {digest}, expected {spec.sha256}"
+        )
+    return path

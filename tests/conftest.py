@@ -1,0 +1,29 @@
+"""Shared fixtures: keep every test's writes inside tmp, and find ../shared when it is there."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Ultralytics writes its settings on import; keep them out of the user's home.
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # Ultralytics drops torch to one thread on import; every test gets the machine's cores back.
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present")
+    return SHARED
