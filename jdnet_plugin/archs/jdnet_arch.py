@@ -249,7 +249,9 @@ class JDNet(nn.Module):
 
     @property
     def min_size(self) -> int:
-        return self.config.kernel_size // 2 + 1 if self.config.self_attention else 1
+        """Smallest H and W: the attention window reflects, self-calibration average-pools."""
+        cfg = self.config
+        return max(cfg.kernel_size // 2 + 1 if cfg.self_attention else 1, cfg.sc_pooling if cfg.self_calibration else 1)
 
     def rain_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted rain layer ``R`` (so that the output is ``x - R``)."""

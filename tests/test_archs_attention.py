@@ -1,0 +1,115 @@
+"""The attention operations against direct, loop-based computations of their definitions."""
+import pytest
+import torch
+
+from jdnet_plugin.archs import (Aggregation, Subtraction, Subtraction2, aggregation, aggregation_unfold, position,
+                                subtraction, subtraction2)
+
+
+def _reflect(t: int, n: int) -> int:
+    if t < 0:
+        return -t
+    if t >= n:
+        return 2 * (n - 1) - t
+    return t
+
+
+def _offsets(k, h, w):
+    p = k // 2
+    for y in range(h):
+        for x in range(w):
+            for q in range(k * k):
+                i, j = divmod(q, k)
+                yield y, x, q, _reflect(y + i - p, h), _reflect(x + j - p, w)
+
+
+def direct_subtraction2(x1, x2, k):
+    b, c, h, w = x1.shape
+    rows = {}
+    for y, x, q, yy, xx in _offsets(k, h, w):
+        rows[(q, y * w + x)] = x1[:, :, y, x] - x2[:, :, yy, xx]
+    return torch.stack([torch.stack([rows[(q, n)] for n in range(h * w)], -1) for q in range(k * k)], 2)
+
+
+def direct_aggregation(xin, wt, k):
+    b, c, h, w = xin.shape
+    s = wt.shape[1]
+    out = [[None] * w for _ in range(h)]
+    for y, x, q, yy, xx in _offsets(k, h, w):
+        weight = wt[:, torch.arange(c) % s, q, y * w + x]
+        term = weight * xin[:, :, yy, xx]
+        out[y][x] = term if out[y][x] is None else out[y][x] + term
+    return torch.stack([torch.stack(row, -1) for row in out], -2)
+
+
+SIZES = [(3, 4, 4), (3, 5, 7), (5, 6, 5), (7, 4, 6), (7, 8, 9)]
+
+
+@pytest.mark.parametrize("k,h,w", SIZES)
+def test_subtraction2_matches_definition_forward_and_grad(k, h, w):
+    torch.manual_seed(k * 100 + h * 10 + w)
+    x1 = torch.randn(2, 3, h, w, dtype=torch.double, requires_grad=True)
+    x2 = torch.randn(2, 3, h, w, dtype=torch.double, requires_grad=True)
+    ours, ref = subtraction2(x1, x2, k), direct_subtraction2(x1, x2, k)
+    assert ours.shape == (2, 3, k * k, h * w)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad(ours, (x1, x2), g)
+    gb = torch.autograd.grad(ref, (x1, x2), g)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("k,h,w", SIZES[:3])
+def test_subtraction_is_self_relation_and_zero_at_centre(k, h, w):
+    x = torch.randn(1, 2, h, w, dtype=torch.double)
+    out = subtraction(x, k)
+    torch.testing.assert_close(out, direct_subtraction2(x, x, k))
+    assert out[:, :, (k * k) // 2].abs().max() == 0  # centre offset
+    torch.testing.assert_close(Subtraction(k)(x), out)
+    torch.testing.assert_close(Subtraction2(k)(x, x), out)
+
+
+def test_border_reads_by_reflection():
+    # Index -1 reads index 1: the top-left neighbour of pixel (0, 0) is pixel (1, 1).
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    out = subtraction2(torch.zeros_like(x), x, 3)
+    assert out[0, 0, 0, 0] == -x[0, 0, 1, 1]
+    assert out[0, 0, 8, 15] == -x[0, 0, 2, 2]  # bottom-right neighbour of (3, 3) is (2, 2)
+
+
+@pytest.mark.parametrize("k,h,w", SIZES)
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("impl", [aggregation, aggregation_unfold])
+def test_aggregation_matches_definition_forward_and_grad(k, h, w, groups, impl):
+    torch.manual_seed(k + h + w + groups)
+    x = torch.randn(2, 4, h, w, dtype=torch.double, requires_grad=True)
+    wt = torch.randn(2, groups, k * k, h * w, dtype=torch.double).softmax(2).requires_grad_()
+    ours, ref = impl(x, wt, k), direct_aggregation(x, wt, k)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (x, wt), g), torch.autograd.grad(ref, (x, wt), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_aggregation_gradcheck():
+    x = torch.randn(1, 2, 4, 5, dtype=torch.double, requires_grad=True)
+    wt = torch.randn(1, 2, 9, 20, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: aggregation(a, b, 3), (x, wt))
+
+
+def test_aggregation_module_and_shape_errors():
+    x = torch.randn(1, 4, 6, 6)
+    wt = torch.rand(1, 1, 9, 36)
+    torch.testing.assert_close(Aggregation(3)(x, wt), aggregation(x, wt, 3))
+    with pytest.raises(ValueError, match="does not fit"):
+        aggregation(x, torch.rand(1, 3, 9, 36), 3)
+    with pytest.raises(ValueError, match="too small"):
+        subtraction(torch.randn(1, 1, 3, 8), 7)
+
+
+def test_position_map():
+    p = position(3, 5)
+    assert p.shape == (1, 2, 3, 5)
+    torch.testing.assert_close(p[0, 0, 1], torch.linspace(-1, 1, 5))  # x varies along the width
+    torch.testing.assert_close(p[0, 1, :, 2], torch.linspace(-1, 1, 3))  # y along the height
