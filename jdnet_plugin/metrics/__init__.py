@@ -1,0 +1,4 @@
+"""Restoration metrics: PSNR and SSIM in the published (Y) and the JDNet authors' (RGB) conventions."""
+from .psnr_ssim import CONVENTIONS, PSNR, SSIM, psnr, rgb_to_y, ssim
+
+__all__ = ["CONVENTIONS", "PSNR", "SSIM", "psnr", "ssim", "rgb_to_y"]
