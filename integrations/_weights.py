@@ -1,0 +1,87 @@
+"""Shared by the integrations: which derainer to use, and how to run it on RGB batches."""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import jdnet_plugin
+
+__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device"]
+
+WeightsSource = str | os.PathLike | Mapping | None
+
+
+def resolve_derainer(weights: WeightsSource = None, model: nn.Module | None = None,
+                     device: str | torch.device | None = None) -> nn.Module:
+    """The deraining model: ``model`` as given, else ``jdnet_plugin.load_model(weights or "default")``.
+
+    Nothing is downloaded: a missing file or unshipped default weights raise ``FileNotFoundError`` at once.
+    """
+    if model is not None and weights is not None:
+        raise TypeError("pass either weights= or model=, not both")
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (a JDNet), got {type(model).__name__}")
+        return model.to(device) if device is not None else model
+    source = jdnet_plugin.DEFAULT_WEIGHTS if weights is None else weights
+    try:
+        return jdnet_plugin.load_model(source, device=device)
+    except (FileNotFoundError, KeyError) as e:
+        if weights is None:
+            raise FileNotFoundError(
+                f"no default JDNet weights are available in this install ({e}); pass weights=<checkpoint path> "
+                "or a registered weights name, or model=<a JDNet>"
+            ) from e
+        raise
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def run_derainer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` clamped to [0, 1], with autograd as the caller set it; images smaller than the model's
+    minimum size are edge-padded and cropped back."""
+    h, w = x.shape[-2:]
+    m = int(getattr(model, "min_size", 1))
+    if h < m or w < m:
+        x = F.pad(x, (0, max(0, m - w), 0, max(0, m - h)), mode="replicate")
+    return model(x)[..., :h, :w].clamp(0, 1)
+
+
+def _inference_fn():
+    try:
+        return importlib.import_module("jdnet_plugin.inference").derain_tensor
+    except (ImportError, AttributeError):
+        return None
+
+
+def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """RGB float ``(B, 3, H, W)`` in [0, 1] -> derained, clamped to [0, 1], float32, on ``x``'s device.
+
+    Runs on the model's device under ``torch.inference_mode``; uses ``jdnet_plugin.inference.derain_tensor``
+    (tiling for big frames) when the installed jdnet_plugin has it.
+    """
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    device = model_device(model)
+    xin = x.to(device=device, dtype=torch.float32)
+    fn = _inference_fn()
+    if fn is not None:
+        out = fn(model, xin, tile=tile)
+    elif tile is not None:
+        raise RuntimeError("tile= needs jdnet_plugin.inference.derain_tensor, which this jdnet_plugin lacks")
+    else:
+        with torch.inference_mode():
+            out = run_derainer(model, xin)
+    out = out.to(device=x.device, dtype=torch.float32)
+    # Inference tensors refuse in-place updates and autograd later on: hand back an ordinary tensor.
+    return out.clone() if out.is_inference() else out

@@ -1,0 +1,178 @@
+"""Deraining for Ultralytics YOLO through its callbacks: ``attach_derain(model)`` / ``detach_derain(model)``.
+
+Predict: ``on_predict_batch_start`` replaces the frames in ``predictor.batch`` (paths, frames, ...) by
+derained copies at their own resolution, before letterboxing; the caller's arrays are never written.
+Boxes and masks are computed on the derained frames, in the same pixel coordinates as the originals, and
+``Results.orig_img`` holds the derained frame (what the detector saw).
+
+Val: ``on_val_start`` wraps the validator's ``preprocess`` so every batch (letterboxed to ``imgsz``, RGB
+float in [0, 1]) is derained before the detector; plain ``model.val(data=...)`` then measures on derained
+inputs. Validation inside ``model.train()`` is left alone (training batches are not derained).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._weights import WeightsSource, derain_batch, model_device, resolve_derainer
+from .torchvision_transform import derain_image
+
+__all__ = ["SUPPORTED_ULTRALYTICS", "check_ultralytics", "load_yolo", "attach_derain", "detach_derain",
+           "derain_frames", "is_derain_attached"]
+
+SUPPORTED_ULTRALYTICS = ((8, 3, 0), (8, 5, 0))  # [low, high), as in pyproject's extra
+_ATTR = "_jdnet_derain"
+_INSTALL = "pip install 'jdnet-plugin[ultralytics]'"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def check_ultralytics(version: str | None = None):
+    """Import Ultralytics and check its version is in the supported range; returns the module."""
+    try:
+        import ultralytics
+    except ImportError as e:
+        raise ImportError(f"the YOLO integration needs Ultralytics: {_INSTALL}") from e
+    version = version or ultralytics.__version__
+    low, high = SUPPORTED_ULTRALYTICS
+    if not low <= _version_tuple(version) < high:
+        span = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high[:2]))}"
+        raise RuntimeError(
+            f"ultralytics {version} is not supported by jdnet-plugin's YOLO hook (callbacks and predictor "
+            f"internals differ); supported: ultralytics{span} ({_INSTALL})"
+        )
+    return ultralytics
+
+
+def load_yolo(path: str | os.PathLike, task: str | None = None):
+    """``YOLO(path)`` without any download: a local weights file, or a model yaml (random weights).
+
+    ``YOLO("yolov8n.pt")`` would fetch the weights from GitHub when the file is missing; this raises
+    ``FileNotFoundError`` instead, at once.
+    """
+    check_ultralytics()
+    from ultralytics import YOLO
+
+    text = str(path)
+    if not Path(text).suffix.lower() in (".yaml", ".yml") and not Path(text).is_file():
+        raise FileNotFoundError(
+            f"YOLO weights {text} not found locally (resolved: {Path(text).resolve()}); Ultralytics would try to "
+            "download them. Download the file yourself (e.g. from https://github.com/ultralytics/assets/releases) "
+            "and pass its path, or build an untrained model from a yaml such as 'yolov8n.yaml'"
+        )
+    return YOLO(text, task=task)
+
+
+def derain_frames(frames: Any, model: nn.Module, tile: int | None = None) -> Any:
+    """Derained copies of what Ultralytics' loaders yield: a list of HxWx3 BGR arrays (or HxW / HxWx1
+    grayscale) or an RGB float tensor ``(B, 3, H, W)`` in [0, 1]."""
+    if isinstance(frames, torch.Tensor):
+        return derain_image(frames, model, tile)
+    if isinstance(frames, np.ndarray):
+        return derain_frames([frames], model, tile)[0]
+    frames = list(frames)
+    out: list[np.ndarray | None] = [None] * len(frames)
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray) or f.ndim not in (2, 3):
+            raise TypeError(f"frame {i}: expected an HxW or HxWxC numpy array, got {type(f).__name__} "
+                            f"{getattr(f, 'shape', '')}")
+        groups.setdefault((f.shape, f.dtype.str), []).append(i)
+    for idx in groups.values():  # one derainer call per frame size
+        batch = np.stack([frames[i] for i in idx])
+        if batch.ndim == 3:
+            batch = batch[..., None]
+        if batch.shape[-1] in (3, 4):  # BGR(A) -> RGB(A)
+            batch = batch[..., [2, 1, 0, *range(3, batch.shape[-1])]]
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        y = derain_image(x, model, tile).permute(0, 2, 3, 1).numpy()
+        if y.shape[-1] in (3, 4):
+            y = y[..., [2, 1, 0, *range(3, y.shape[-1])]]
+        for j, i in enumerate(idx):
+            out[i] = np.ascontiguousarray(y[j].reshape(frames[i].shape))
+    return out
+
+
+@dataclass
+class _Hook:
+    derainer: nn.Module
+    tile: int | None
+    follow_device: bool
+    callbacks: dict[str, Callable] = field(default_factory=dict)
+
+    def model_on(self, device: torch.device | str | None) -> nn.Module:
+        if self.follow_device and device is not None and model_device(self.derainer) != torch.device(device):
+            self.derainer.to(device)
+        return self.derainer
+
+    def on_predict_batch_start(self, predictor) -> None:
+        batch = list(predictor.batch)
+        batch[1] = derain_frames(batch[1], self.model_on(getattr(predictor, "device", None)), self.tile)
+        predictor.batch = type(predictor.batch)(batch) if isinstance(predictor.batch, tuple) else batch
+
+    def on_val_start(self, validator) -> None:
+        if getattr(validator, "training", False):
+            return
+        preprocess = validator.preprocess
+        if getattr(preprocess, "_jdnet_derain", False):
+            return
+
+        def derain_preprocess(batch: dict) -> dict:
+            batch = preprocess(batch)
+            img = batch["img"]
+            model = self.model_on(img.device)
+            if img.is_floating_point():
+                batch["img"] = derain_batch(model, img, self.tile).to(img.dtype)
+            else:  # a validator that hands on uint8 keeps uint8
+                batch["img"] = derain_image(img, model, self.tile)
+            return batch
+
+        derain_preprocess._jdnet_derain = True
+        validator.preprocess = derain_preprocess
+
+
+def attach_derain(yolo_model, weights: WeightsSource = None, model: nn.Module | None = None,
+                  device: str | torch.device | None = None, tile: int | None = None):
+    """Make ``yolo_model.predict``/``val`` (any task: detect, segment, ...) see derained images.
+
+    ``device=None``: the derainer follows the detector's device. Attaching again replaces the previous
+    derainer. Returns ``yolo_model``.
+    """
+    check_ultralytics()
+    if not hasattr(yolo_model, "add_callback") or not hasattr(yolo_model, "callbacks"):
+        raise TypeError(f"attach_derain expects an ultralytics YOLO/Model, got {type(yolo_model).__name__}")
+    derainer = resolve_derainer(weights, model, device).eval()
+    detach_derain(yolo_model)
+    hook = _Hook(derainer, tile, follow_device=device is None)
+    hook.callbacks = {"on_predict_batch_start": hook.on_predict_batch_start, "on_val_start": hook.on_val_start}
+    for event, fn in hook.callbacks.items():
+        # First in line, so that other callbacks (e.g. tracking, saving) see the derained frames.
+        yolo_model.callbacks.setdefault(event, []).insert(0, fn)
+    object.__setattr__(yolo_model, _ATTR, hook)
+    return yolo_model
+
+
+def detach_derain(yolo_model) -> bool:
+    """Remove what :func:`attach_derain` added; returns whether anything was attached."""
+    hook = yolo_model.__dict__.get(_ATTR)
+    if hook is None:
+        return False
+    for event, fn in hook.callbacks.items():
+        fns = yolo_model.callbacks.get(event, [])
+        if fn in fns:
+            fns.remove(fn)
+    del yolo_model.__dict__[_ATTR]
+    return True
+
+
+def is_derain_attached(yolo_model) -> bool:
+    return yolo_model.__dict__.get(_ATTR) is not None
