@@ -37,7 +37,7 @@ def _as_batch(x: torch.Tensor | np.ndarray, data_range: float) -> tuple[torch.Te
     if isinstance(x, np.ndarray):
         if x.ndim not in (3, 4) or x.shape[-1] != 3:
             raise ValueError(f"numpy images must be (H, W, 3) or (N, H, W, 3) RGB, got shape {x.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(x)).movedim(-1, -3)
+        x = torch.from_numpy(np.ascontiguousarray(x)).movedim(-1, -3).contiguous()
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.dim() not in (3, 4) or x.shape[-3] != 3:
@@ -105,18 +105,14 @@ def psnr(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, con
     return _out(10.0 * torch.log10(peak**2 / mse), pred, single)
 
 
-def _gaussian_window(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    g = kornia.filters.get_gaussian_kernel1d(WINDOW_SIZE, SIGMA, device=device, dtype=dtype)
-    return (g[0, :, None] * g[0, None, :]).expand(channels, 1, WINDOW_SIZE, WINDOW_SIZE)
-
-
 def _ssim_zero_padded(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM of [0, 1] images, Gaussian window per channel, zero padding, mean over the map."""
-    c = x.shape[1]
-    w = _gaussian_window(c, x.dtype, x.device)
+    c, r = x.shape[1], WINDOW_SIZE // 2
+    g = kornia.filters.get_gaussian_kernel1d(WINDOW_SIZE, SIGMA, device=x.device, dtype=x.dtype)[0]
+    gh, gv = g.view(1, 1, 1, -1).expand(c, 1, 1, -1), g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
 
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(z, w, padding=WINDOW_SIZE // 2, groups=c)
+    def blur(z: torch.Tensor) -> torch.Tensor:  # separable, so equal to the 2-D window with zero padding
+        return F.conv2d(F.conv2d(z, gh, padding=(0, r), groups=c), gv, padding=(r, 0), groups=c)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
