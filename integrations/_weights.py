@@ -11,7 +11,7 @@ from torch import nn
 
 import jdnet_plugin
 
-__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device"]
+__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "model_dtype"]
 
 WeightsSource = str | os.PathLike | Mapping | None
 
@@ -40,11 +40,19 @@ def resolve_derainer(weights: WeightsSource = None, model: nn.Module | None = No
         raise
 
 
+def _first_tensor(model: nn.Module) -> torch.Tensor | None:
+    t = next(iter(model.parameters()), None)
+    return t if t is not None else next(iter(model.buffers()), None)
+
+
 def model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
+    t = _first_tensor(model)
+    return t.device if t is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    t = _first_tensor(model)
+    return t.dtype if t is not None and t.is_floating_point() else torch.float32
 
 
 def run_derainer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +80,7 @@ def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None) -> 
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    device = model_device(model)
-    xin = x.to(device=device, dtype=torch.float32)
+    xin = x.to(device=model_device(model), dtype=model_dtype(model))
     fn = _inference_fn()
     if fn is not None:
         out = fn(model, xin, tile=tile)
