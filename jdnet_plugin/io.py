@@ -11,7 +11,7 @@ import torch
 from .utils.atomic import atomic_path
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb",
-           "to_tensor", "to_uint8"]
+           "to_tensor", "to_uint8", "read_image", "write_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -68,3 +68,52 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(3, H, W)`` float in [0, 1] -> ``(H, W, 3)`` uint8, clipped and rounded as when saved."""
     return x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as stored: ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 or uint16.
+
+    Unlike :func:`read_rgb`, nothing is dropped: alpha and 16-bit depth are kept (channels in RGB order).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageReadError(f"{path}: cannot decode image (corrupt, empty or unsupported format)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3:
+        code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(img.shape[2])
+        if code is None:
+            raise ImageReadError(f"{path}: unsupported number of channels {img.shape[2]}")
+        img = cv2.cvtColor(img, code)
+    return np.ascontiguousarray(img)
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray, params: list[int] | None = None) -> Path:
+    """Write what :func:`read_image` returns (gray, RGB or RGBA; uint8 or uint16) atomically.
+
+    The format follows the extension; one that cannot hold the depth or the channels (JPEG and 16 bits,
+    for example) raises ``OSError`` naming the file rather than writing something else.
+    """
+    path = Path(path)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_image expects uint8 or uint16 pixels for {path}, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    elif img.ndim != 2:
+        raise ValueError(f"write_image expects (H, W), (H, W, 3) or (H, W, 4) pixels for {path}, got {img.shape}")
+    ext = path.suffix.lower()
+    if img.dtype == np.uint16 and ext not in (".png", ".tif", ".tiff"):
+        raise OSError(f"{path}: {ext} cannot store 16-bit pixels; use .png or .tif")
+    if img.ndim == 3 and img.shape[2] == 4 and ext not in (".png", ".tif", ".tiff", ".webp"):
+        raise OSError(f"{path}: {ext} cannot store an alpha channel; use .png, .tif or .webp")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), img, params or []):
+            raise OSError(f"{path}: OpenCV could not write this format")
+    return path
