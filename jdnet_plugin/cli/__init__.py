@@ -1,0 +1,1 @@
+"""Command-line tools: ``python -m jdnet_plugin.train`` and friends."""

@@ -1,0 +1,217 @@
+"""``python -m jdnet_plugin.train``: a short CPU run, checkpoints, resume after SIGKILL, SIGTERM, DDP on gloo."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from jdnet_plugin import load_model
+from jdnet_plugin.cli.train import main
+from jdnet_plugin.io import write_rgb
+from jdnet_plugin.training import Trainer, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "jdnet-lite", "--units", "1", "--scales", "1", "--batch-size", "2", "--patch-size", "16",
+        "--workers", "0", "--threads", "1", "--no-tensorboard", "--no-progress"]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for i in range(4):
+        clean = rng.integers(0, 200, (24, 28, 3), dtype=np.uint8)
+        streaks = (rng.random((24, 28, 1)) > 0.9) * 50
+        write_rgb(root / "norain" / f"norain-{i + 1:03d}.png", clean)
+        write_rgb(root / "rain" / f"rain-{i + 1:03d}.png", (clean + streaks).astype(np.uint8))
+    return root
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited (rc {proc.returncode}) before {path.name} appeared: "
+                                 f"{proc.stderr.read().decode()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.005)
+
+
+def test_cli_trains_writes_everything_and_loads(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--val", str(data), "--out", str(out), "--steps", "6", "--save-every", "2",
+            "--snapshot-every", "3", "--val-every", "3", "--log-every", "2", *TINY, "--tensorboard", "--progress"]
+    assert main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"latest.pt", "final.pt", "best.pt", "step_3.pt", "step_6.pt", "config.yaml", "log.jsonl", "tb"} <= names
+    assert not [n for n in names if ".tmp-" in n]
+    assert any((out / "tb").iterdir())
+    assert "loss=" in capsys.readouterr().err  # the progress bar shows the loss
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["steps"] == 6 and cfg["model"] == {"units": 1, "scales": 1} and cfg["lr"] == 5e-4
+    assert cfg["data"] == [str(data.resolve())]
+
+    records = _log(out)
+    train = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6] and all(r["steps_per_s"] > 0 for r in train)
+    # MultiStepLR x0.1 at 60 % and 80 % of 6 steps (steps 4 and 5)
+    assert [r["lr"] for r in train] == pytest.approx([5e-4, 5e-5, 5e-6])
+    val = [r for r in records if "val_psnr" in r]
+    assert [r["step"] for r in val] == [3, 6] and all(10 < r["val_psnr"] < 100 and 0 < r["val_ssim"] <= 1 for r in val)
+
+    ckpt = torch.load(out / "final.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["sampler_position"] == 12 and ckpt["train_config"]["loss"] == "ssim"
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
+    assert torch.load(out / "step_3.pt", weights_only=True)["step"] == 3
+    model = load_model(out / "final.pt")
+    assert model.config.units == 1 and model.config.channels == 16
+    x = torch.rand(1, 3, 20, 24)
+    assert model(x).shape == x.shape
+    assert torch.equal(load_model(out / "latest.pt").state_dict()["enterBlock.0.weight"],
+                       model.state_dict()["enterBlock.0.weight"])
+
+
+def test_synthetic_rain_from_clean_tree_with_workers(tmp_path):
+    rng = np.random.default_rng(1)
+    for i, sub in enumerate(["a", "b/c", "b"]):
+        write_rgb(tmp_path / "clean" / sub / f"{i}.jpg", rng.integers(0, 255, (20, 22, 3), dtype=np.uint8))
+    out = tmp_path / "run"
+    argv = ["--data", str(tmp_path / "clean"), "--synthetic-rain", "mixed", "--out", str(out), "--steps", "3",
+            "--loss", "l1", *TINY, "--workers", "1"]
+    assert main(argv) == 0
+    ckpt = torch.load(out / "final.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["train_config"]["synthetic_rain"] == "mixed"
+    assert _log(out)[0]["train_size"] == 3
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
+    args = ["--data", str(data), "--steps", "40", "--save-every", "2", "--log-every", "1", "--seed", "7", *TINY]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "jdnet_plugin.train", "--out", str(out), *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(out / "latest.pt", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "final.pt").exists(), "the run finished before it was killed; nothing was tested"
+    saved = torch.load(out / "latest.pt", weights_only=True)
+    assert saved["step"] % 2 == 0 and 2 <= saved["step"] < 40
+
+    # the next run resumes at the saved step with the saved model, optimiser, scheduler and RNG
+    from jdnet_plugin.cli.train import build_parser, overrides_from_args
+
+    cfg = load_config(overrides=overrides_from_args(build_parser().parse_args(["--out", str(out), *args])))
+    trainer = Trainer(cfg)
+    assert trainer.setup() == saved["step"]
+    state, expected = trainer.optimizer.state_dict()["state"], saved["optimizer"]["state"]
+    assert state.keys() == expected.keys() and len(state) > 0
+    for k in expected:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state[k][name], expected[k][name])
+    assert trainer.scheduler.last_epoch == saved["step"]
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert all(torch.equal(v, saved["model"][k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.fit()["step"] == 40
+    assert [r["step"] for r in _log(out) if "train_loss" in r] == list(range(1, 41))  # no replayed steps
+
+    # the same 40 steps without interruption give the same weights
+    assert main(["--out", str(tmp_path / "straight"), *args]) == 0
+    resumed = load_model(out / "final.pt").state_dict()
+    straight = load_model(tmp_path / "straight" / "final.pt").state_dict()
+    for k in straight:
+        assert torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5), k
+
+
+def test_sigterm_saves_latest_and_exits_cleanly(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jdnet_plugin.train", "--data", str(data), "--out", str(out), "--steps", "100000",
+           "--save-every", "3", *TINY]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(out / "latest.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    step = torch.load(out / "latest.pt", weights_only=True)["step"]
+    assert step >= 3
+    assert _log(out)[-1] == {**_log(out)[-1], "event": "stopped by SIGTERM", "step": step}
+
+
+def test_resume_refuses_other_settings_and_fresh_starts_over(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--data", str(data), "--out", str(out), "--steps", "2", *TINY]
+    assert main(base) == 0
+    assert main([*base[:-len(TINY)], *TINY, "--batch-size", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "batch_size: 2 (saved) vs 3 (now)" in err and "--fresh" in err
+    assert main([*base, "--steps", "3", "--fresh"]) == 0
+    assert [r["event"] for r in _log(out) if "event" in r] == ["start", "done"]
+    assert torch.load(out / "final.pt", weights_only=True)["step"] == 3
+    # an unchanged command on a finished run does nothing more
+    assert main([*base, "--steps", "3"]) == 0
+    assert torch.load(out / "final.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "no training data"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--set", "bogus=1"], "unknown setting(s) in command-line overrides: bogus"),
+    (["--model", "channels=3"], "channels must be even"),
+    (["--patch-size", "64"], "crop 64x64 is bigger than the image (24x28)"),
+])
+def test_cli_errors_are_one_line(data, tmp_path, capsys, argv, message):
+    full = [*([] if not argv else ["--data", str(data)]), "--out", str(tmp_path / "o"), *TINY, *argv]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_config_file_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: jdnet-lite\nmodel: {units: 2}\nbatch_size: 8\nloss: l1\n")
+    assert main(["--config", str(cfg), "--batch-size", "4", "--scales", "1", "--print-config"]) == 0
+    got = yaml.safe_load(capsys.readouterr().out)
+    assert got["preset"] == "jdnet-lite" and got["model"] == {"units": 2, "scales": 1}
+    assert got["batch_size"] == 4 and got["loss"] == "l1"
+    assert got["lr"] == 5e-4 and got["patch_size"] == 64 and got["milestones"] == [0.6, 0.8]  # the defaults
+    (tmp_path / "bad.yaml").write_text("batch: 3\n")
+    assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown setting(s)" in capsys.readouterr().err
+
+
+def test_ddp_on_cpu_with_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "jdnet_plugin.train", "--data", str(data), "--out", str(out), "--steps", "4", "--save-every", "2",
+           "--log-every", "1", "--device", "cpu", *TINY]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "final.pt", "latest.pt", "log.jsonl"]
+    records = _log(out)
+    assert records[0]["event"] == "start" and records[0]["world_size"] == 2
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]  # one writer, rank 0
+    ckpt = torch.load(out / "final.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["world_size"] == 2 and ckpt["sampler_position"] == 4 * 2 * 2
+    x = torch.rand(2, 3, 16, 20)
+    assert load_model(out / "final.pt")(x).shape == x.shape
