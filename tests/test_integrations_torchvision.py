@@ -1,7 +1,11 @@
 """JDNetTransform: types, shapes, dtypes and ranges kept; only images derained; pipelines and workers."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -39,6 +43,29 @@ def test_exports():
 
     for name in ("JDNetTransform", "attach_derain", "detach_derain", "DerainSegmenter"):
         assert name in integrations.__all__ and hasattr(integrations, name)
+
+
+def test_import_without_optional_extras():
+    # ultralytics and smp are extras: the package imports without them, and says what to install when used
+    code = (
+        "import sys\n"
+        "sys.modules['ultralytics'] = None\n"
+        "sys.modules['segmentation_models_pytorch'] = None\n"
+        "import integrations\n"
+        "from integrations.segmentation import create_smp_model\n"
+        "for fn in (lambda: integrations.attach_derain(object()), lambda: create_smp_model('Unet')):\n"
+        "    try:\n"
+        "        fn()\n"
+        "    except ImportError as e:\n"
+        "        print('ImportError:', e)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert "jdnet-plugin[ultralytics]" in lines[0] and "jdnet-plugin[smp]" in lines[1]
 
 
 def test_float_tensor_equals_model(transform, tiny):

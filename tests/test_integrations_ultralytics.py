@@ -223,6 +223,7 @@ def test_val_on_derained_inputs(yolo, tiny, tmp_path):
     assert all(p.is_relative_to(tmp_path) for p in [Path(m_hooked.save_dir)])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_detector(shared_dir, tiny, kw):
     path = shared_dir / "models" / "yolov5n-coco.torchscript"
     if not path.is_file():
