@@ -151,6 +151,8 @@ class DerainSegmenter(nn.Module):
     ``2 ** encoder_depth`` for smp models and 1 otherwise. Every output tensor (also inside dicts, lists,
     tuples) whose last two dims equal the padded size is cropped back.
 
+    Further arguments of ``forward`` are passed on to the segmenter.
+
     ``freeze_derainer=True``: the derainer gets no gradients and stays in eval mode through ``.train()``;
     ``False``: it trains end to end with the segmenter.
     """
@@ -190,14 +192,15 @@ class DerainSegmenter(nn.Module):
                 return run_derainer(self.derainer, x)
         return run_derainer(self.derainer, x)
 
-    def forward(self, x: torch.Tensor) -> Any:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``x``: RGB in [0, 1]; further arguments go to the segmenter."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"DerainSegmenter expects RGB images (B, 3, H, W) in [0, 1], got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         y = (self.derain(x) - self.mean) / self.std
         y = pad_to_multiple(y, self.pad_multiple)
         padded = tuple(y.shape[-2:])
-        out = self.segmenter(y)
+        out = self.segmenter(y, *args, **kwargs)
 
         def crop(t: Any) -> Any:
             if isinstance(t, torch.Tensor) and t.dim() >= 2 and tuple(t.shape[-2:]) == padded:

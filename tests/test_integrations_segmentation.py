@@ -48,9 +48,10 @@ def test_smp_sizes_not_divisible_by_32(tiny, arch):
     assert smp_preprocessing(seg) == (IMAGENET_MEAN, IMAGENET_STD)
     model = DerainSegmenter(seg, model=tiny).eval()
     assert model.pad_multiple == 32
-    for h, w in [(70, 45), (64, 96), (33, 31)]:
-        out = model(torch.rand(2, 3, h, w))
-        assert out.shape == (2, 3, h, w)
+    with torch.no_grad():
+        for h, w in [(70, 45), (33, 31)]:
+            out = model(torch.rand(1, 3, h, w))
+            assert out.shape == (1, 3, h, w)
     if seg.requires_divisible_input_shape:  # the segmenter alone refuses such sizes
         with pytest.raises(RuntimeError, match="divisible by 32"):
             seg(torch.rand(1, 3, 70, 45))
@@ -90,7 +91,7 @@ def test_frozen_derainer_gets_no_grads_and_stays_eval(tiny):
     assert model.segmenter.training and not model.derainer.training
     before = {k: v.clone() for k, v in model.derainer.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    x, target = torch.rand(2, 3, 40, 50), torch.randint(0, 2, (2, 40, 50))
+    x, target = torch.rand(2, 3, 30, 40), torch.randint(0, 2, (2, 30, 40))
     loss = F.cross_entropy(model(x), target)
     loss.backward()
     assert all(p.grad is None for p in model.derainer.parameters())
@@ -159,8 +160,8 @@ def test_espnet_torchscript_segmenter(shared_dir, tiny):
     model = DerainSegmenter(espnet, model=tiny)  # normalisation is inside: identity here, no padding
     assert model.pad_multiple == 1 and torch.equal(model.mean.flatten(), torch.zeros(3))
     x = torch.rand(1, 3, 70, 45)
-    with torch.no_grad():
-        out = model(x)
-        direct = espnet(_derained(tiny, x))
+    with torch.no_grad():  # work_size=0 (ESPNet's own argument, passed through): run at the input size
+        out = model(x, 0)
+        direct = espnet(_derained(tiny, x), 0)
     assert out.shape == (1, 20, 70, 45)
     torch.testing.assert_close(out, direct)

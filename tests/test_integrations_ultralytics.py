@@ -172,10 +172,10 @@ def test_source_video_stream(yolo, tiny, kw, tmp_path):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write MJPG video")
-    for f in _frames(3, seed=3):
+    for f in _frames(2, seed=3):
         writer.write(f)
     writer.release()
-    _check_sources(yolo, tiny, kw, str(path), 3, stream=True)
+    _check_sources(yolo, tiny, kw, str(path), 2, stream=True)
 
 
 def test_segment_task(tiny, kw):
