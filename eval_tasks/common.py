@@ -1,0 +1,325 @@
+"""Shared by the evaluation tasks: errors, cached image copies (rainy, derained), reports and plots.
+
+A *copy* is a folder of images derived from a source folder by one function (add rain, derain, nothing),
+keyed by everything that decides its pixels; it is built in a temporary folder and renamed into place with
+a ``.complete.json`` marker, so an interrupted build is never reused and a rerun reuses a finished one.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jdnet_plugin.checkpoint import CheckpointError, load_model
+from jdnet_plugin.data.datasets import DatasetError
+from jdnet_plugin.io import ImageReadError, read_rgb, write_rgb
+from jdnet_plugin.registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
+from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
+
+__all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
+           "image_seed", "resolve_weights_file", "load_derainer", "rain_fn", "derain_fn", "cached_copy",
+           "map_image_tree", "recovered_fraction", "write_report", "finish_report", "markdown_table", "plot_metrics",
+           "to_jsonable"]
+
+COPIES = ("clean", "rainy", "derained")
+MARKER = ".complete.json"
+JPEG_QUALITY = 100  # derived copies keep the source's file names and formats; JPEG at the highest quality
+
+ImageFn = Callable[[np.ndarray, str], np.ndarray]
+
+
+class EvalError(ValueError):
+    """Bad input to an evaluation task (missing model, dataset without labels, class-count mismatch, ...)."""
+
+
+# Errors that are the user's input, not a bug: reported as ``error: ...`` with exit status 2.
+USER_ERRORS = (EvalError, CheckpointError, DatasetError, ImageReadError, FileNotFoundError, NotADirectoryError,
+               KeyError)
+
+
+def cli_main(run: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and call ``run(args)``; the user's errors print ``error: ...`` and return 2."""
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> None:
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help="deraining checkpoint or registered weights name (default: %(default)s)")
+    if rain_required:
+        p.add_argument("--rain", required=True, help="rain preset of the rainy copy: light or heavy")
+    p.add_argument("--out", required=True, type=Path, help="output folder (report.json, report.md, plot)")
+    p.add_argument("--cache", type=Path, default=None, help="where the image copies are kept (default: OUT/cache)")
+    p.add_argument("--seed", type=int, default=0, help="rain seed (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--tile", type=int, default=None, help="derain in tiles of this size (big images)")
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(f"cuda:{device}" if str(device).isdigit() else device)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def files_fingerprint(files: Iterable[Path], root: Path) -> str:
+    """Identity of a set of source files: relative names, sizes and modification times."""
+    items = []
+    for f in files:
+        st = f.stat()
+        items.append((f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return digest(sorted(items), 32)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """A per-image rain seed from the run's seed and the image's name: the same image gets the same rain
+    whatever order or subset of images is processed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "little")
+
+
+def resolve_weights_file(weights: str | os.PathLike) -> Path:
+    """The deraining checkpoint file of a path or a registered weights name; clear error if there is none."""
+    text = str(weights)
+    if Path(text).is_file():
+        return Path(text)
+    if text in list_weights():
+        return resolve_weights(text)
+    if text == DEFAULT_WEIGHTS:
+        raise FileNotFoundError("no default deraining weights are shipped in this install yet; "
+                                "pass --weights <checkpoint.pt>")
+    registered = ", ".join(list_weights()) or "none"
+    raise FileNotFoundError(f"deraining weights {text}: no such file and not a registered name "
+                            f"(registered: {registered})")
+
+
+def load_derainer(weights: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """``(model, sha256 of the checkpoint)``."""
+    path = resolve_weights_file(weights)
+    return load_model(path, device=device), sha256_file(path)
+
+
+def rain_fn(preset: str, seed: int) -> ImageFn:
+    from jdnet_plugin.rain import PRESETS, add_rain
+
+    if preset not in PRESETS:
+        raise EvalError(f"unknown rain preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+
+    def fn(rgb: np.ndarray, key: str) -> np.ndarray:
+        return add_rain(rgb, preset, seed=image_seed(seed, key))
+
+    return fn
+
+
+def derain_fn(model: torch.nn.Module, tile: int | None = None) -> ImageFn:
+    from integrations import derain_image
+
+    def fn(rgb: np.ndarray, key: str) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        return derain_image(x, model, tile).permute(1, 2, 0).contiguous().numpy()
+
+    return fn
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    params = [1, JPEG_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else None  # cv2.IMWRITE_JPEG_QUALITY
+    write_rgb(path, rgb, params)
+
+
+def map_image_tree(files: Sequence[Path], src_root: Path, dst_root: Path, fn: ImageFn | None,
+                   desc: str = "images") -> list[Path]:
+    """Write ``fn(image, relative name)`` of each of ``files`` (under ``src_root``) to the same relative
+    path under ``dst_root``; ``fn=None`` links the files (copies them where links are not possible)."""
+    out = []
+    for f in tqdm(files, desc=desc, unit="img", leave=False, disable=None):
+        rel = f.relative_to(src_root)
+        dst = dst_root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if fn is None:
+            try:
+                os.symlink(f.resolve(), dst)
+            except OSError:
+                shutil.copy2(f, dst)
+        else:
+            _write_image(dst, fn(read_rgb(f), rel.as_posix()))
+        out.append(dst)
+    return out
+
+
+def cached_copy(cache_root: Path, name: str, key: Mapping[str, Any], build: Callable[[Path, Path], None]
+                ) -> tuple[Path, bool]:
+    """``(folder, reused)``: the finished copy for ``key``, built by ``build(tmp_dir, final_dir)`` if missing.
+
+    ``build`` writes into ``tmp_dir``; anything that must name the copy's final location (a dataset YAML)
+    uses ``final_dir``. The folder is renamed into place only once complete.
+    """
+    final = Path(cache_root).absolute() / f"{name}-{digest(dict(key), 12)}"
+    if (final / MARKER).is_file():
+        return final, True
+    if final.exists():  # an unfinished or foreign folder under our name
+        shutil.rmtree(final)
+    tmp = final.with_name(final.name + f".partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp, final)
+        atomic_write_text(tmp / MARKER, json.dumps({"key": to_jsonable(dict(key)), "created": time.time()},
+                                                   indent=1))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, False
+
+
+def recovered_fraction(clean: Mapping[str, float | None], rainy: Mapping[str, float | None],
+                       derained: Mapping[str, float | None], metrics: Sequence[str]
+                       ) -> tuple[dict[str, float | None], list[str]]:
+    """``(derained - rainy) / (clean - rainy)`` per metric; None (with a note) where rain cost nothing."""
+    out, notes = {}, []
+    for m in metrics:
+        c, r, d = clean.get(m), rainy.get(m), derained.get(m)
+        if c is None or r is None or d is None:
+            out[m] = None
+            notes.append(f"{m}: not all three copies have a value")
+        elif abs(c - r) < 1e-9:
+            out[m] = None
+            notes.append(f"{m}: clean and rainy are equal ({c:.4f}), rain cost nothing to recover")
+        else:
+            out[m] = (d - r) / (c - r)
+    return out, notes
+
+
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    rows = [[_fmt(v) for v in r] for r in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: Mapping[str, Any], markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", json.dumps(to_jsonable(report), indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown.rstrip() + "\n")
+
+
+def plot_metrics(path: Path, overall: Mapping[str, Mapping[str, float | None]],
+                 per_class: Mapping[str, Mapping[str, float | None]] | None, metric: str, title: str) -> Path:
+    """Bars: each metric per copy (left), ``metric`` per class for each copy (right). ``overall`` is
+    ``{copy: {metric: value}}``, ``per_class`` is ``{copy: {class: value}}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    copies = list(overall)
+    metrics = sorted({m for v in overall.values() for m in v if isinstance(v.get(m), (int, float))})
+    classes = sorted({c for v in (per_class or {}).values() for c in v}, key=str)
+    width = 0.8 / max(1, len(copies))
+    fig, axes = plt.subplots(1, 2 if classes else 1, figsize=(4 + (0.35 * len(classes) * len(copies) / 2
+                                                               if classes else 0) + 4, 4.5),
+                             squeeze=False, gridspec_kw={"width_ratios": [1, max(1, len(classes) / 4)]}
+                             if classes else None)
+    ax = axes[0, 0]
+    for i, c in enumerate(copies):
+        vals = [overall[c].get(m) or 0.0 for m in metrics]
+        ax.bar(np.arange(len(metrics)) + i * width, vals, width, label=c)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(copies) - 1) / 2, metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    if classes:
+        ax = axes[0, 1]
+        for i, c in enumerate(copies):
+            vals = [(per_class.get(c) or {}).get(k) or 0.0 for k in classes]
+            ax.bar(np.arange(len(classes)) + i * width, vals, width, label=c)
+        ax.set_xticks(np.arange(len(classes)) + width * (len(copies) - 1) / 2, classes, rotation=90, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{metric} per class")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def finish_report(out: Path, report: dict, title: str, metrics: Sequence[str], class_metric: str | None,
+            per_class: dict | None, extra_md: str = "") -> None:
+    """Write report.json, report.md and plot.png to ``out`` and print the table: ``report`` has the copies'
+    metric dicts, ``recovered_fraction``, ``notes`` and ``config``; ``per_class`` is ``{copy: {class: value}}``."""
+    copies = [c for c in (*COPIES, "clean_derained") if isinstance(report.get(c), dict) and report[c]]
+    table = markdown_table(["copy", *metrics], [[c, *(report[c].get(m) for m in metrics)] for c in copies])
+    frac = report["recovered_fraction"]
+    frac_line = "recovered fraction (derained - rainy) / (clean - rainy): " + ", ".join(
+        f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in frac.items())
+    md = [f"# {title}: clean vs rainy vs derained", "", table, "", frac_line, ""]
+    md += [f"- note: {n}" for n in report.get("notes", [])]
+    if per_class:
+        classes = sorted({k for v in per_class.values() for k in v})
+        md += ["", f"## {class_metric} per class", "",
+               markdown_table(["class", *per_class], [[k, *(per_class[c].get(k) for c in per_class)]
+                                                      for k in classes])]
+    if extra_md:
+        md += ["", extra_md]
+    md += ["", "## Configuration", "", "```json", json.dumps(to_jsonable(report.get("config", {})), indent=1), "```"]
+    write_report(out, report, "\n".join(md))
+    if copies:
+        plot_metrics(out / "plot.png", {c: {m: report[c].get(m) for m in metrics} for c in copies},
+                     per_class, class_metric or metrics[0], title)
+    print(table)
+    print(frac_line)
+    for n in report.get("notes", []):
+        print(f"note: {n}")
+    print(f"report: {out / 'report.json'}")

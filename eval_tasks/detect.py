@@ -1,0 +1,550 @@
+"""Detection with and without deraining, measured with Ultralytics' own metrics.
+
+Dataset mode (labelled YOLO dataset, three copies: clean, rainy, derained)::
+
+    python eval_tasks/detect.py --data coco128.yaml --model yolov5n.torchscript --weights jdnet.pt \
+        --rain light --out runs/detect-light
+
+Footage mode (a video, image folder or stream; no labels)::
+
+    python eval_tasks/detect.py --source clip.mp4 --model yolov5n.torchscript --weights jdnet.pt \
+        --out runs/footage [--add-rain heavy] [--max-frames 100]
+
+With ``--add-rain`` the footage is taken as clean and rain is synthesised on it; the detections on the clean
+frames are then the reference for mAP of the detections on the rainy and derained frames.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
+                               files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
+                               recovered_fraction, sha256_file, to_jsonable)
+
+__all__ = ["YoloDataset", "read_yolo_dataset", "build_detection_copies", "val_metrics", "evaluate_dataset",
+           "evaluate_footage", "detections_map", "build_parser", "main"]
+
+METRICS = ("map50", "map50_95")
+
+
+# ----------------------------------------------------------------------------------------------- dataset mode
+@dataclass
+class YoloDataset:
+    """The validation split of a YOLO dataset YAML: images, their label files, class names."""
+
+    yaml_path: Path
+    root: Path
+    names: dict[int, str]
+    images: list[Path]
+    labels: list[Path]  # existing label files, under root
+    entries: list[str]  # the YAML's val entries, relative to root
+    list_files: dict[str, list[Path]] = field(default_factory=dict)  # val entries that are .txt image lists
+
+
+def _img_formats() -> set[str]:
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return set(IMG_FORMATS)
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    try:
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise EvalError(f"{what} {path} is outside the dataset root {root}; copies need everything under it") \
+            from None
+
+
+def read_yolo_dataset(path: str | os.PathLike, split: str = "val") -> YoloDataset:
+    """Parse a dataset YAML the way Ultralytics does (``path`` key or the YAML's folder as root)."""
+    from ultralytics.data.utils import img2label_paths
+
+    yaml_path = Path(path)
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f"dataset YAML {yaml_path} not found")
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise EvalError(f"{yaml_path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise EvalError(f"{yaml_path}: expected a mapping with 'val' and 'names' keys")
+    if split == "val" and "val" not in data and "validation" in data:
+        data["val"] = data["validation"]
+    if not data.get(split):
+        raise EvalError(f"{yaml_path}: no '{split}' key naming the images to evaluate")
+    names = data.get("names")
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise EvalError(f"{yaml_path}: no class 'names'")
+    names = {int(k): str(v) for k, v in names.items()}
+    root = Path(data["path"]) if data.get("path") else yaml_path.parent
+    if not root.is_absolute():
+        root = root if root.exists() else yaml_path.parent / root
+    if not root.is_dir():
+        raise EvalError(f"{yaml_path}: dataset root {root} is not a folder")
+    root = root.absolute()
+    entries = data[split] if isinstance(data[split], list) else [data[split]]
+    formats, images, rel_entries, lists = _img_formats(), [], [], {}
+    for e in entries:
+        p = root / str(e)
+        if not p.exists() and str(e).startswith("../"):
+            p = root / str(e)[3:]
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix[1:].lower() in formats)
+        elif p.is_file():
+            found = []
+            for line in p.read_text(encoding="utf-8-sig").split():
+                f = p.parent / line[2:] if line.startswith("./") else Path(line)
+                found.append(f if f.is_absolute() else root / f)
+            lists[_inside(p, root, "image list").as_posix()] = found
+        else:
+            raise EvalError(f"{yaml_path}: '{split}' entry {e} ({p}) does not exist")
+        rel_entries.append(_inside(p, root, f"'{split}' entry").as_posix())
+        images += found
+    if not images:
+        raise EvalError(f"{yaml_path}: no images in '{split}' ({', '.join(map(str, entries))})")
+    for f in images:
+        _inside(f, root, "image")
+        if not f.is_file():
+            raise EvalError(f"{yaml_path}: image {f} does not exist")
+    labels = [Path(p) for p in img2label_paths([str(f) for f in images])]
+    labels = [p for p in labels if p.is_file()]
+    if not labels:
+        example = img2label_paths([str(images[0])])[0]
+        raise EvalError(f"{yaml_path}: dataset with no labels: none of the {len(images)} '{split}' images has a "
+                        f"label file (YOLO looks for e.g. {example})")
+    nc = len(names)
+    for lab in labels:
+        _inside(lab, root, "label file")
+        for i, line in enumerate(lab.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                cls = line.split()[0]
+                if not cls.lstrip("-").isdigit() or not 0 <= int(cls) < nc:
+                    raise EvalError(f"{lab}:{i + 1}: class {cls!r} is not in 0..{nc - 1} ({nc} names in {yaml_path})")
+    return YoloDataset(yaml_path, root, names, images, labels, rel_entries, lists)
+
+
+def _copy_builder(ds: YoloDataset, fn, src_root: Path, desc: str):
+    """``build(tmp, final)`` for :func:`cached_copy`: images through ``fn`` (read from ``src_root``, a copy with
+    the same layout, or the source), labels copied, a ``data.yaml`` pointing at the final folder."""
+
+    def build(tmp: Path, final: Path) -> None:
+        files = [src_root / f.relative_to(ds.root) for f in ds.images]
+        map_image_tree(files, src_root, tmp, fn, desc=desc)
+        for lab in ds.labels:
+            dst = tmp / lab.relative_to(ds.root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lab, dst)
+        for rel, listed in ds.list_files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text("".join(f"{final / f.relative_to(ds.root)}\n" for f in listed), encoding="utf-8")
+        spec = {"path": str(final), "train": ds.entries, "val": ds.entries, "nc": len(ds.names), "names": ds.names}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    return build
+
+
+def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, derainer: torch.nn.Module | None,
+                           weights_sha: str | None, tile: int | None = None, derain_clean: bool = False
+                           ) -> dict[str, tuple[Path, bool]]:
+    """``{copy: (folder, reused)}`` for clean (links), rainy, derained (and clean_derained)."""
+    source = {"yaml": str(ds.yaml_path.resolve()),
+              "fingerprint": files_fingerprint([*ds.images, *ds.labels, ds.yaml_path.resolve()], Path("/"))}
+    stem = ds.yaml_path.stem
+    out = {"clean": cached_copy(cache, f"{stem}-clean", {"task": "detect", **source},
+                                _copy_builder(ds, None, ds.root, "clean copy"))}
+    rain_key = {"task": "detect", **source, "rain": rain, "seed": seed}
+    rainy = cached_copy(cache, f"{stem}-rainy-{rain}-s{seed}", rain_key,
+                        _copy_builder(ds, rain_fn(rain, seed), ds.root, f"rain ({rain})"))
+    out["rainy"] = rainy
+    if derainer is not None:
+        out["derained"] = cached_copy(cache, f"{stem}-derained-{rain}-s{seed}", {**rain_key, "weights": weights_sha},
+                                      _copy_builder(ds, derain_fn(derainer, tile), rainy[0], "derain"))
+        if derain_clean:
+            out["clean_derained"] = cached_copy(
+                cache, f"{stem}-clean-derained", {"task": "detect", **source, "weights": weights_sha},
+                _copy_builder(ds, derain_fn(derainer, tile), ds.root, "derain clean"))
+    return out
+
+
+def _check_model_file(path: str) -> None:
+    if Path(path).suffix.lower() not in (".yaml", ".yml") and not Path(path).is_file():
+        raise FileNotFoundError(f"detector {path} not found")
+
+
+def _load_detector(path: str):
+    _check_model_file(path)
+    from integrations import load_yolo
+
+    return load_yolo(path, task="detect")
+
+
+def val_metrics(yolo, data_yaml: Path, names: dict[int, str], project: Path, name: str, imgsz: int, batch: int,
+                device: str | None, workers: int = 0) -> dict[str, Any]:
+    """``YOLO.val`` on one copy: ``{"map50", "map50_95", "per_class": {name: {"map50", "map50_95"}}}``."""
+    kwargs = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, project=str(project.absolute()), name=name,
+                  exist_ok=True, plots=False, verbose=False, workers=workers, save_json=False)
+    if device:
+        kwargs["device"] = device
+    m = yolo.val(**kwargs)
+    box = m.box
+    per_class = {}
+    for j, c in enumerate(np.asarray(box.ap_class_index).tolist()):
+        per_class[names.get(int(c), str(c))] = {"map50": float(box.ap50[j]), "map50_95": float(box.ap[j])}
+    return {"map50": float(box.map50), "map50_95": float(box.map), "per_class": per_class}
+
+
+def _model_names(yolo) -> dict[int, str] | None:
+    names = getattr(yolo, "names", None)
+    return dict(names) if names else None
+
+
+def evaluate_dataset(args: argparse.Namespace) -> int:
+    out: Path = args.out.absolute()
+    cache = (args.cache or out / "cache").absolute()
+    device = pick_device(args.device)
+    _check_model_file(args.model)
+    ds = read_yolo_dataset(args.data)
+    derainer, wsha = load_derainer(args.weights, device)
+    yolo = _load_detector(args.model)
+    model_names = _model_names(yolo)
+    if model_names is not None and len(model_names) != len(ds.names):
+        raise EvalError(f"class-count mismatch: detector {args.model} has {len(model_names)} classes, "
+                        f"{args.data} names {len(ds.names)}")
+    copies = build_detection_copies(ds, cache, args.rain, args.seed, derainer, wsha, args.tile, args.derain_clean)
+    model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
+    results, reused = {}, {}
+    for copy, (folder, was_cached) in copies.items():
+        key = {"copy": folder.name, "model": model_id, "imgsz": args.imgsz, "batch": args.batch}
+        mfile = cache / f"metrics-{copy}-{digest(key, 12)}.json"
+        if mfile.is_file():
+            results[copy] = json.loads(mfile.read_text())
+        else:
+            results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, args.imgsz,
+                                        args.batch, args.device, args.workers)
+            mfile.parent.mkdir(parents=True, exist_ok=True)
+            mfile.write_text(json.dumps(results[copy]))
+        reused[copy] = was_cached
+    fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
+    report = {
+        **{c: {m: results[c][m] for m in METRICS} for c in results},
+        "recovered_fraction": fraction,
+        "notes": notes,
+        "per_class": {c: results[c]["per_class"] for c in results},
+        "config": {"mode": "dataset", "data": str(Path(args.data).resolve()), "model": str(args.model),
+                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain, "seed": args.seed,
+                   "imgsz": args.imgsz, "batch": args.batch, "images": len(ds.images),
+                   "metrics": "Ultralytics DetectionValidator (YOLO.val)"},
+        "copies": {c: str(folder) for c, (folder, _) in copies.items()},
+        "copies_reused": reused,
+    }
+    finish_report(out, report, "Detection", METRICS, "map50_95",
+            {c: {k: v["map50_95"] for k, v in results[c]["per_class"].items()} for c in results})
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- footage mode
+def _iter_frames(source: str, max_frames: int | None) -> tuple[Iterator[tuple[str, np.ndarray]], float, int | None]:
+    """``(frames as (name, RGB uint8), fps, count or None)`` of a video file, image folder or stream."""
+    import cv2
+
+    from jdnet_plugin.io import list_images, read_rgb
+
+    path = Path(source)
+    limit = max_frames if max_frames and max_frames > 0 else None
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise EvalError(f"{path}: no images in this folder")
+        files = files[:limit] if limit else files
+
+        def gen_files():
+            for f in files:
+                yield f.name, read_rgb(f)
+
+        return gen_files(), 10.0, len(files)
+    is_stream = source.isdigit() or "://" in source
+    if not is_stream and not path.is_file():
+        raise FileNotFoundError(f"footage {source} not found")
+    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not cap.isOpened():
+        raise EvalError(f"{source}: cannot open as a video or stream")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_stream else 0
+    count = (min(n, limit) if limit else n) if n > 0 else limit
+
+    def gen_video():
+        i = 0
+        try:
+            while limit is None or i < limit:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield f"{i:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                i += 1
+        finally:
+            cap.release()
+        if i == 0:
+            raise EvalError(f"{source}: no frames could be read")
+
+    return gen_video(), float(fps), count
+
+
+def _detect(yolo, rgb: np.ndarray, args: argparse.Namespace):
+    """Ultralytics Results of one RGB frame, at the low confidence threshold mAP needs."""
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    kw = dict(imgsz=args.imgsz, conf=0.001, iou=0.7, max_det=300, verbose=False)
+    if args.device:
+        kw["device"] = args.device
+    return yolo.predict(bgr, **kw)[0]
+
+
+def _dets(result) -> dict[str, np.ndarray]:
+    b = result.boxes
+    return {"xyxy": b.xyxy.cpu().numpy().astype(np.float32), "conf": b.conf.cpu().numpy().astype(np.float32),
+            "cls": b.cls.cpu().numpy().astype(np.int64)}
+
+
+def detections_map(preds: Sequence[dict[str, np.ndarray]], refs: Sequence[dict[str, np.ndarray]],
+                   ref_conf: float, names: dict[int, str] | None = None, save_dir: Path | None = None
+                   ) -> dict[str, Any]:
+    """mAP50 / mAP50-95 of per-frame detections against reference detections (those with
+    ``conf >= ref_conf`` count as ground truth), with Ultralytics' matching and ``ap_per_class``."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        validator = DetectionValidator(save_dir=Path(save_dir or tmp))
+    validator.iouv = torch.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    for p, r in zip(preds, refs):
+        keep = r["conf"] >= ref_conf
+        t_box, t_cls = torch.from_numpy(r["xyxy"][keep]), torch.from_numpy(r["cls"][keep])
+        order = np.argsort(-p["conf"], kind="stable")
+        p_box, p_cls = torch.from_numpy(p["xyxy"][order]), torch.from_numpy(p["cls"][order])
+        if len(p_cls) and len(t_cls):
+            tp = validator.match_predictions(p_cls, t_cls, box_iou(t_box, p_box)).numpy()
+        else:
+            tp = np.zeros((len(p_cls), 10), dtype=bool)
+        tps.append(tp)
+        confs.append(p["conf"][order])
+        pcls.append(p["cls"][order])
+        tcls.append(r["cls"][keep])
+    target = np.concatenate(tcls) if tcls else np.zeros(0, np.int64)
+    if target.size == 0:
+        return {"map50": None, "map50_95": None, "per_class": {}, "reference_objects": 0}
+    res = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), target,
+                       names=names or {})
+    ap, classes = res[5], res[6]
+    per_class = {(names or {}).get(int(c), str(int(c))): {"map50": float(ap[j, 0]), "map50_95": float(ap[j].mean())}
+                 for j, c in enumerate(classes)}
+    return {"map50": float(ap[:, 0].mean()), "map50_95": float(ap.mean()), "per_class": per_class,
+            "reference_objects": int(target.size)}
+
+
+def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> tuple[Path, bool]:
+    """A folder with the footage's frames as PNG: ``clean/`` (with --add-rain), ``rainy/``, ``derained/``."""
+    src = Path(args.source)
+    source_id = {"source": str(src.resolve()) if src.exists() else args.source}
+    if src.is_file():
+        st = src.stat()
+        source_id.update(size=st.st_size, mtime=st.st_mtime_ns)
+    elif src.is_dir():
+        from jdnet_plugin.io import list_images
+
+        source_id["fingerprint"] = files_fingerprint(list_images(src), src)
+    key = {"task": "footage", **source_id, "max_frames": args.max_frames, "add_rain": args.add_rain,
+           "seed": args.seed, "weights": wsha}
+    cacheable = src.exists()
+    if args.add_rain:
+        rain = rain_fn(args.add_rain, args.seed)
+    derain = derain_fn(derainer, args.tile)
+
+    def build(tmp: Path, final: Path) -> None:
+        from jdnet_plugin.io import write_rgb
+
+        frames, fps, count = _iter_frames(args.source, args.max_frames)
+        names = []
+        for name, rgb in tqdm(frames, total=count, desc="frames (rain, derain)", unit="frame", disable=None):
+            stem = Path(name).stem
+            if args.add_rain:
+                write_rgb(tmp / "clean" / f"{stem}.png", rgb)
+                rgb = rain(rgb, stem)
+            write_rgb(tmp / "rainy" / f"{stem}.png", rgb)
+            write_rgb(tmp / "derained" / f"{stem}.png", derain(rgb, stem))
+            names.append(stem)
+        (tmp / "frames.json").write_text(json.dumps({"frames": names, "fps": fps}))
+
+    if not cacheable:  # a stream: nothing to key a cache on; build into OUT/frames every time
+        target = cache / "stream-frames"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        build(target, target)
+        return target, False
+    return cached_copy(cache, "footage", key, build)
+
+
+def evaluate_footage(args: argparse.Namespace) -> int:
+    import cv2
+
+    from jdnet_plugin.io import read_rgb
+    from jdnet_plugin.utils.atomic import atomic_path
+
+    out: Path = args.out.absolute()
+    cache = (args.cache or out / "cache").absolute()
+    device = pick_device(args.device)
+    _check_model_file(args.model)
+    derainer, wsha = load_derainer(args.weights, device)
+    yolo = _load_detector(args.model)
+    folder, reused = _frame_cache(cache, args, wsha, derainer)
+    index = json.loads((folder / "frames.json").read_text())
+    stems, fps = index["frames"], index["fps"]
+    if not stems:
+        raise EvalError(f"{args.source}: no frames could be read")
+    kinds = (["clean"] if args.add_rain else []) + ["rainy", "derained"]
+    dets: dict[str, list] = {k: [] for k in kinds}
+    rows = []
+    video_path = out / "side_by_side.mp4"
+    writer, tmp_ctx = None, atomic_path(video_path)
+    tmp_video = tmp_ctx.__enter__()
+    try:
+        for i, stem in enumerate(tqdm(stems, desc="detect", unit="frame", disable=None)):
+            row: dict[str, Any] = {"frame": stem}
+            shown = {}
+            for k in kinds:
+                res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
+                d = _dets(res)
+                dets[k].append(d)
+                sel = d["conf"] >= args.conf
+                row[f"{k}_count"] = int(sel.sum())
+                row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
+                if k in ("rainy", "derained"):
+                    shown[k] = res[res.boxes.conf >= args.conf].plot(line_width=1, font_size=8)
+            rows.append(row)
+            left, right = shown["rainy"], shown["derained"]
+            for img, label in ((left, "rainy"), (right, "derained")):
+                cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
+            frame = np.concatenate([left, right], axis=1)
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise EvalError(f"cannot write video {video_path} (OpenCV has no mp4v encoder)")
+            writer.write(frame)
+        writer.release()
+        tmp_ctx.__exit__(None, None, None)
+    except BaseException as e:
+        if writer is not None:
+            writer.release()
+        tmp_ctx.__exit__(type(e), e, e.__traceback__)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    _write_frames(out, rows)
+    summary = {}
+    for k in kinds:
+        counts = [r[f"{k}_count"] for r in rows]
+        confs = [r[f"{k}_mean_conf"] for r in rows if r[f"{k}_mean_conf"] is not None]
+        summary[k] = {"mean_count": float(np.mean(counts)), "mean_conf": float(np.mean(confs)) if confs else None}
+    names = _model_names(yolo) or {}
+    per_class = None
+    if args.add_rain:
+        maps = {k: detections_map(dets[k], dets["clean"], args.conf, names) for k in kinds}
+        for k in kinds:
+            summary[k].update(map50=maps[k]["map50"], map50_95=maps[k]["map50_95"])
+        fraction, notes = recovered_fraction(summary["clean"], summary["rainy"], summary["derained"], METRICS)
+        notes.append(f"reference: detections on the clean frames with conf >= {args.conf} "
+                     f"({maps['clean']['reference_objects']} objects); clean's own mAP is the ceiling")
+        per_class = {k: {c: v["map50_95"] for c, v in maps[k]["per_class"].items()} for k in kinds}
+    else:
+        fraction = {m: None for m in METRICS}
+        notes = ["no clean reference (pass --add-rain with clean footage): per-frame counts and confidences only"]
+    report = {
+        "clean": summary.get("clean", {}),
+        "rainy": summary["rainy"],
+        "derained": summary["derained"],
+        "recovered_fraction": fraction,
+        "notes": notes,
+        "per_class": per_class or {},
+        "config": {"mode": "footage", "source": str(args.source), "model": str(args.model),
+                   "weights": str(args.weights), "weights_sha256": wsha, "add_rain": args.add_rain,
+                   "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf, "frames": len(stems),
+                   "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
+        "frames_cache": str(folder),
+        "frames_reused": reused,
+        "video": str(video_path),
+        "frames_csv": str(out / "frames.csv"),
+    }
+    metrics = (*METRICS, "mean_count", "mean_conf") if args.add_rain else ("mean_count", "mean_conf")
+    finish_report(out, report, "Footage detection", metrics, "map50_95" if per_class else None, per_class)
+    return 0
+
+
+def _write_frames(out: Path, rows: list[dict]) -> None:
+    from jdnet_plugin.utils.atomic import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "frames.csv", buf.getvalue())
+    atomic_write_text(out / "frames.json", json.dumps(to_jsonable(rows), indent=1))
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval_tasks/detect.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="dataset mode: a YOLO dataset YAML (its 'val' split is evaluated)")
+    src.add_argument("--source", help="footage mode: a video file, image folder, or stream URL / camera index")
+    p.add_argument("--model", required=True, help="detector: anything Ultralytics' YOLO() loads (local file)")
+    add_common_args(p, rain_required=False)
+    p.add_argument("--rain", choices=("light", "heavy"), help="dataset mode: rain preset of the rainy copy")
+    p.add_argument("--add-rain", choices=("light", "heavy"),
+                   help="footage mode: the footage is clean; add rain and use the clean detections as reference")
+    p.add_argument("--max-frames", type=int, default=None, help="footage mode: first N frames only")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="footage mode: confidence threshold for counts, drawn boxes and reference objects")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="dataset mode: dataloader workers of YOLO.val")
+    p.add_argument("--derain-clean", action="store_true",
+                   help="dataset mode: also evaluate the derained clean images (what deraining costs without rain)")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        if not args.rain:
+            raise EvalError("dataset mode needs --rain light|heavy")
+        return evaluate_dataset(args)
+    return evaluate_footage(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

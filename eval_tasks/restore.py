@@ -1,0 +1,188 @@
+"""Restoration quality: PSNR and SSIM (Y channel as published, RGB as the JDNet authors) of several deraining
+weights on several paired datasets, next to the rainy input itself.
+
+    python eval_tasks/restore.py --data ../shared/data/rain100L_test --weights a.pt b.pt --out runs/restore
+
+A dataset is any folder ``jdnet_plugin.data.make_dataset`` reads as pairs (rain/ + norain/ sub-folders,
+``rain-*``/``norain-*`` files, side-by-side images). Per-image values are cached per (dataset, weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, load_derainer, markdown_table,
+                               pick_device, resolve_weights_file, sha256_file, to_jsonable, write_report)
+
+__all__ = ["COLUMNS", "measure", "evaluate_restoration", "build_parser", "main"]
+
+COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+INPUT = "input"
+
+
+def _dataset(path: Path):
+    from jdnet_plugin.data import make_dataset
+
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} not found")
+    ds = make_dataset(path, require_pairs=True)
+    if len(ds) == 0:
+        raise EvalError(f"{path}: no image pairs")
+    if "clean" not in ds[0]:
+        raise EvalError(f"{path}: no clean ground truth for the rainy images")
+    return ds
+
+
+def measure(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The four numbers of one image pair, ``(3, H, W)`` float in [0, 1]."""
+    from jdnet_plugin.metrics import psnr, ssim
+
+    out = {}
+    for conv in ("y", "rgb"):
+        out[f"psnr_{conv}"] = float(psnr(pred, target, convention=conv))
+        out[f"ssim_{conv}"] = float(ssim(pred, target, convention=conv))
+    return out
+
+
+def _per_image(ds, model: torch.nn.Module | None, device: torch.device, tile: int | None, desc: str,
+               limit: int | None) -> dict[str, dict[str, float]]:
+    from integrations import derain_image
+
+    n = len(ds) if not limit else min(limit, len(ds))
+    values = {}
+    for i in tqdm(range(n), desc=desc, unit="img", disable=None):
+        item = ds[i]
+        rain, clean = item["rain"], item["clean"]
+        pred = rain if model is None else derain_image(rain[None].to(device), model, tile)[0].cpu()
+        values[str(item.get("name", i))] = measure(pred, clean)
+    return values
+
+
+def _mean(values: dict[str, dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for c in COLUMNS:
+        v = np.array([d[c] for d in values.values()], dtype=np.float64)
+        out[c] = float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("inf")
+    return out
+
+
+def _labels(weights: Sequence[str]) -> list[str]:
+    labels = []
+    for w in weights:
+        base = Path(w).stem if Path(w).suffix else str(w)
+        label, k = base, 2
+        while label in labels or label == INPUT:
+            label, k = f"{base}-{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def _plot(path: Path, table: dict[str, dict[str, dict[str, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jdnet_plugin.utils.atomic import atomic_path
+
+    datasets = list(table)
+    methods = list(next(iter(table.values())))
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.5 * len(datasets) * max(1, len(methods)) / 2, 4))
+    width = 0.8 / len(methods)
+    for ax, col in zip(axes, ("psnr_y", "ssim_y")):
+        for i, m in enumerate(methods):
+            vals = [table[d][m][col] for d in datasets]
+            ax.bar(np.arange(len(datasets)) + i * width, vals, width, label=m)
+        ax.set_xticks(np.arange(len(datasets)) + width * (len(methods) - 1) / 2, datasets)
+        ax.set_title(col.replace("_", " ").upper().replace(" Y", " (Y)"))
+        if col.startswith("ssim"):
+            ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_restoration(args: argparse.Namespace) -> int:
+    out: Path = args.out.absolute()
+    cache = (args.cache or out / "cache").absolute()
+    device = pick_device(args.device)
+    weights_files = [resolve_weights_file(w) for w in args.weights]  # fail before any work
+    labels = _labels(args.weights)
+    datasets = [(Path(d), _dataset(Path(d))) for d in args.data]
+    names = []
+    for d, _ in datasets:
+        name, k = d.resolve().name, 2
+        while name in names:
+            name, k = f"{d.resolve().name}-{k}", k + 1
+        names.append(name)
+    table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
+    per_image: dict[str, dict[str, dict]] = {n: {} for n in names}
+    counts = {}
+    methods = [(INPUT, None, None)] + [(lab, f, sha256_file(f)) for lab, f in zip(labels, weights_files)]
+    for (path, ds), name in zip(datasets, names):
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        source = {"data": str(path.resolve()), "fingerprint": files_fingerprint(files, path), "limit": args.max_images}
+        for label, wfile, wsha in methods:
+            cfile = cache / f"restore-{name}-{label}-{digest({**source, 'weights': wsha, 'tile': args.tile}, 12)}.json"
+            if cfile.is_file():
+                values = json.loads(cfile.read_text())
+            else:
+                model = None if wfile is None else load_derainer(wfile, device)[0]
+                values = _per_image(ds, model, device, args.tile, f"{name}: {label}", args.max_images)
+                cfile.parent.mkdir(parents=True, exist_ok=True)
+                cfile.write_text(json.dumps(to_jsonable(values)))
+            values = {k: {c: float(v) for c, v in d.items()} for k, d in values.items()}
+            table[name][label] = _mean(values)
+            per_image[name][label] = values
+            counts[name] = len(values)
+    rows = [[n, m, *(table[n][m][c] for c in COLUMNS)] for n in names for m in table[n]]
+    md_table = markdown_table(["dataset", "method", "PSNR-Y", "SSIM-Y", "PSNR-RGB", "SSIM-RGB"], rows)
+    report = {
+        "datasets": table,
+        "images": counts,
+        "weights": {lab: {"path": str(f), "sha256": s} for lab, f, s in methods[1:]},
+        "conventions": {"y": "BT.601 Y, 8-bit, MATLAB-style PSNR/SSIM (published tables)",
+                        "rgb": "RGB in [0, 1], Gaussian-window SSIM with zero padding (JDNet authors)"},
+        "per_image": per_image,
+    }
+    md = ["# Restoration: PSNR / SSIM", "", md_table, "",
+          "Y: BT.601 luma, 8-bit, as the published tables; RGB: as the JDNet authors. 'input' is the rainy "
+          "image itself.", "", "Images: " + ", ".join(f"{n} {counts[n]}" for n in names)]
+    write_report(out, report, "\n".join(md))
+    _plot(out / "plot.png", table)
+    print(md_table)
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval_tasks/restore.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="paired datasets (rainy + clean)")
+    p.add_argument("--weights", nargs="+", default=["default"], help="deraining checkpoints or registered names")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--cache", type=Path, default=None, help="per-image results cache (default: OUT/cache)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=None, help="first N pairs of each dataset only")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main(evaluate_restoration, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
