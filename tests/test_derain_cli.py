@@ -1,0 +1,121 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jdnet_plugin import create_model, list_weights, save_checkpoint
+from jdnet_plugin.cli.derain import main
+from jdnet_plugin.io import read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("w") / "w.pt", create_model("jdnet-lite", units=1, scales=1))
+
+
+def _img(h, w, c=3, dtype=np.uint8, seed=0):
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (np.sin(xx / 4.0 + yy / 7.0)[..., None] * 0.3 + 0.5 + rng.normal(0, 0.05, (h, w, c)))
+    img = (np.clip(base, 0, 1) * top).astype(dtype)
+    return img[..., 0] if c == 1 else img
+
+
+def _video(path, frames=5, size=(40, 32), fps=8.0):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        w.write(np.roll(_img(size[1], size[0], seed=i), i, axis=1))
+    w.release()
+
+
+def _frames(path):
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    info = (n, cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    return info
+
+
+def test_folder_with_all_kinds(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    write_image(src / "rgb.png", _img(24, 30))
+    write_image(src / "sub" / "photo.jpg", _img(20, 26, seed=1))
+    write_image(src / "gray.png", _img(24, 30, c=1))
+    rgba = _img(24, 30, c=4)
+    write_image(src / "alpha.png", rgba)
+    write_image(src / "deep.png", _img(24, 30, dtype=np.uint16))
+    (src / "broken.png").write_bytes(b"not a png at all")
+    _video(src / "clip.mp4")
+    out = tmp_path / "out"
+    rc = main([str(src), "--out", str(out), "--weights", str(weights), "--batch-size", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1  # broken.png failed, everything else was written
+    assert "broken.png" in err and "cannot decode" in err
+    assert not (out / "broken.png").exists()
+    for name in ("rgb.png", "sub/photo.jpg", "gray.png", "alpha.png", "deep.png"):
+        a, b = read_image(src / name), read_image(out / name)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert not np.array_equal(read_image(out / "rgb.png"), read_image(src / "rgb.png"))
+    np.testing.assert_array_equal(read_image(out / "alpha.png")[..., 3], rgba[..., 3])
+    assert read_image(out / "deep.png").dtype == np.uint16
+    assert _frames(out / "clip.mp4") == (5, 8.0, 40, 32)
+    assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
+
+
+def test_files_globs_side_by_side_and_tiles(tmp_path, weights):
+    for i in range(3):
+        write_image(tmp_path / f"a{i}.png", _img(30, 40, seed=i))
+    _video(tmp_path / "v.avi", frames=3)
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "a*.png"), str(tmp_path / "v.avi"), "--out", str(out), "--weights", str(weights),
+               "--side-by-side", "--tile", "24", "--overlap", "8", "--device", "cpu"])
+    assert rc == 0
+    for i in range(3):
+        sbs = read_image(out / f"a{i}.png")
+        assert sbs.shape == (30, 80, 3)
+        np.testing.assert_array_equal(sbs[:, :40], _img(30, 40, seed=i))
+    assert _frames(out / "v.avi")[::2] == (3, 80)
+
+
+def test_tiled_output_matches_untiled(tmp_path, weights):
+    write_image(tmp_path / "big.png", _img(90, 120))
+    main([str(tmp_path / "big.png"), "--out", str(tmp_path / "a"), "--weights", str(weights), "--device", "cpu"])
+    main([str(tmp_path / "big.png"), "--out", str(tmp_path / "b"), "--weights", str(weights), "--device", "cpu",
+          "--max-pixels", "2500", "--overlap", "16"])
+    a, b = read_image(tmp_path / "a" / "big.png"), read_image(tmp_path / "b" / "big.png")
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_never_overwrites_inputs(tmp_path, weights, capsys):
+    img = _img(20, 20)
+    write_image(tmp_path / "x.png", img)
+    rc = main([str(tmp_path), "--out", str(tmp_path), "--weights", str(weights)])
+    assert rc == 2 and "refusing to overwrite" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_image(tmp_path / "x.png"), img)
+    # --out inside the input folder: a rerun does not derain the earlier outputs.
+    for _ in range(2):
+        assert main([str(tmp_path), "--out", str(tmp_path / "derained"), "--weights", str(weights)]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["derained/x.png", "x.png"]
+
+
+def test_errors_are_reported_not_raised(tmp_path, weights, capsys):
+    write_image(tmp_path / "x.png", _img(20, 20))
+    rc = main([str(tmp_path / "x.png"), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"),
+               "--weights", str(weights)])
+    assert rc == 1 and "missing.png" in capsys.readouterr().err and (tmp_path / "o" / "x.png").is_file()
+    rc = main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o2"), "--weights", str(tmp_path / "nope.pt")])
+    assert rc == 2 and "nope.pt" in capsys.readouterr().err
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    rc = main([str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "o3"), "--weights", str(weights)])
+    assert rc == 1 and "bad.mp4" in capsys.readouterr().err and not (tmp_path / "o3" / "bad.mp4").exists()
+
+
+@pytest.mark.skipif("default" in list_weights(), reason="default weights are registered")
+def test_missing_default_weights_says_pass_weights(tmp_path, capsys):
+    write_image(tmp_path / "x.png", _img(20, 20))
+    assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "--weights" in capsys.readouterr().err
