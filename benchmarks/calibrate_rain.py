@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "psnr_y_db": {k: summary(v) for k, v in psnr.items()},
         "gap_to_target_db": {p: round(statistics.fmean(psnr[p]) - t, 3) for p, t in TARGETS.items()},
         "timing_one_thread": timing,
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"1 thread; load average {os.getloadavg()[0]:.1f} (the machine is shared)",
         "command": "python benchmarks/calibrate_rain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -240,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     src, dst = args.src, args.out
     jobs = plan(src, dst, DEFAULT_KEEP + tuple(args.keep))
+    if not any(j.kind == "rain" for j in jobs):
+        raise CLIError(f"{src}: no images to rain on (all files are labels, masks or other files)")
     src_root = src if src.is_dir() else src.parent
     todo = [j for j in jobs if args.overwrite or not j.dst.exists()]
     existing = len(jobs) - len(todo)
@@ -297,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (CLIError, OSError) as e:
         return fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted; outputs written so far are complete, rerun to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

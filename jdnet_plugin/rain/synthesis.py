@@ -62,8 +62,10 @@ def _line_kernels(h: int, w: int, angles: torch.Tensor, lengths: torch.Tensor, w
     t = ((1 - along.abs() / half) / _TAPER).clamp(0, 1)
     kern = cover * t * t * (3 - 2 * t)
     out = torch.zeros(len(angles), h, w, device=device)
-    out[:, :sh, :sw] = kern
-    return torch.roll(out, shifts=(-(sh // 2), -(sw // 2)), dims=(1, 2))
+    rows = (torch.arange(sh, device=device) - sh // 2) % h
+    cols = (torch.arange(sw, device=device) - sw // 2) % w
+    out[:, rows[:, None], cols[None, :]] = kern
+    return out
 
 
 def _gaussian_transfer(h: int, w: int, sigma: float, device: torch.device) -> torch.Tensor:
@@ -80,11 +82,15 @@ def rain_layer(h: int, w: int, layer: StreakLayer, generator: torch.Generator,
     base = _draw(layer.angle, g)
     angles = base + layer.angle_jitter * (2 * torch.rand(n, generator=g, device=g.device).cpu().double() - 1)
     lengths, widths = _draw(layer.length, g, n), _draw(layer.width, g, n)
-    # One draw gives both where drops fall (u < p) and how bright they are (u / p is uniform too).
-    p = layer.density / n
-    u = torch.rand(n, h, w, generator=g, device=g.device).to(device)
+    # Drops fall uniformly: a Poisson number per group, each at a random pixel with a random brightness.
+    expected = torch.full((n,), layer.density / n * h * w, device=g.device)
+    counts = torch.poisson(expected, generator=g).long().cpu()
+    total = int(counts.sum())
+    where = torch.randint(h * w, (total,), generator=g, device=g.device).to(device)
     lo, hi = layer.brightness if isinstance(layer.brightness, tuple) else (layer.brightness,) * 2
-    drops = torch.where(u < p, lo + (hi - lo) * u / max(p, 1e-12), torch.zeros((), device=device))
+    amp = (lo + (hi - lo) * torch.rand(total, generator=g, device=g.device)).to(device)
+    group = torch.repeat_interleave(torch.arange(n, device=device), counts.to(device))
+    drops = torch.zeros(n * h * w, device=device).index_add_(0, group * (h * w) + where, amp).view(n, h, w)
     kernels = _line_kernels(h, w, angles, lengths, widths, device)
     spec = (torch.fft.rfft2(drops) * torch.fft.rfft2(kernels)).sum(0)
     if layer.blur > 0:
@@ -95,12 +101,11 @@ def rain_layer(h: int, w: int, layer: StreakLayer, generator: torch.Generator,
 def _haze(img: torch.Tensor, haze: Haze, g: torch.Generator) -> torch.Tensor:
     h, w = img.shape[-2:]
     a, t = _draw(haze.atmospheric_light, g), _draw(haze.transmission, g)
-    if haze.variation > 0:
-        coarse = torch.randn(1, 1, max(2, h // 64 + 1), max(2, w // 64 + 1), generator=g, device=g.device)
-        field = F.interpolate(coarse.to(img.device, img.dtype), size=(h, w), mode="bicubic", align_corners=True)
-        t_map = (t + haze.variation * field[0]).clamp(0.02, 1.0)
-    else:
-        t_map = torch.full((1, h, w), t, device=img.device, dtype=img.dtype)
+    if haze.variation == 0:
+        return img * t + a * (1 - t)
+    coarse = torch.randn(1, 1, max(2, h // 64 + 1), max(2, w // 64 + 1), generator=g, device=g.device)
+    field = F.interpolate(coarse.to(img.device, img.dtype), size=(h, w), mode="bilinear", align_corners=True)
+    t_map = (t + haze.variation * field[0]).clamp(0.02, 1.0)
     return img * t_map + a * (1 - t_map)
 
 
