@@ -1,6 +1,7 @@
 """``python -m jdnet_plugin.synth``: a rainy copy of a dataset tree, labels/masks/YAML handled, in-process."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -50,6 +51,9 @@ def test_rainy_copy_of_a_tree(tree: Path, tmp_path: Path, capsys):
     expected = add_rain(read_rgb(tree / "images" / "a.png"), "heavy", generator=make_generator(file_seed(3, "images/a.png")))
     assert np.array_equal(a, expected)
     assert (dst / "images" / "sub" / "b.jpg").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (dst / "images" / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not private like a temp file
     # Labels, masks and other files: byte-identical. Caches and hidden files: not copied.
     for rel in ("labels/a.txt", "labels/sub/b.txt", "masks/a.png", "notes.txt"):
         assert (dst / rel).read_bytes() == (tree / rel).read_bytes(), rel
