@@ -1,7 +1,6 @@
 """Shared by the integrations: which derainer to use, and how to run it on RGB batches."""
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 
@@ -10,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import jdnet_plugin
+from jdnet_plugin.inference import derain_tensor
 
-__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "model_dtype"]
+__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "model_dtype", "ordinary"]
 
 WeightsSource = str | os.PathLike | Mapping | None
 
@@ -65,30 +65,17 @@ def run_derainer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[..., :h, :w].clamp(0, 1)
 
 
-def _inference_fn():
-    try:
-        return importlib.import_module("jdnet_plugin.inference").derain_tensor
-    except (ImportError, AttributeError):
-        return None
-
-
 def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
     """RGB float ``(B, 3, H, W)`` in [0, 1] -> derained, clamped to [0, 1], float32, on ``x``'s device.
 
-    Runs on the model's device under ``torch.inference_mode``; uses ``jdnet_plugin.inference.derain_tensor``
-    (tiling for big frames) when the installed jdnet_plugin has it.
+    ``jdnet_plugin.inference.derain_tensor`` (model's device and dtype, inference mode, tiles for big frames),
+    handing back an ordinary tensor.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    xin = x.to(device=model_device(model), dtype=model_dtype(model))
-    fn = _inference_fn()
-    if fn is not None:
-        out = fn(model, xin, tile=tile)
-    elif tile is not None:
-        raise RuntimeError("tile= needs jdnet_plugin.inference.derain_tensor, which this jdnet_plugin lacks")
-    else:
-        with torch.inference_mode():
-            out = run_derainer(model, xin)
-    out = out.to(device=x.device, dtype=torch.float32)
-    # Inference tensors refuse in-place updates and autograd later on: hand back an ordinary tensor.
-    return out.clone() if out.is_inference() else out
+    return ordinary(derain_tensor(model, x.float(), tile=tile).float())
+
+
+def ordinary(t: torch.Tensor) -> torch.Tensor:
+    """Inference tensors refuse in-place updates and autograd later on: a normal tensor with the same values."""
+    return t.clone() if t.is_inference() else t

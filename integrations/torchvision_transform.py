@@ -8,13 +8,14 @@ import torch
 from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
-from torchvision.transforms.v2 import functional as TF
 
-from ._weights import WeightsSource, derain_batch, resolve_derainer
+from jdnet_plugin.inference import derain
+
+from ._weights import WeightsSource, ordinary, resolve_derainer
 
 __all__ = ["derain_image", "derain_pil", "JDNetTransform"]
 
-PIL_MODES = ("L", "LA", "RGB", "RGBA")
+PIL_MODES = ("L", "LA", "RGB", "RGBA", "I;16")
 
 
 def is_pure_tensor(x: Any) -> bool:
@@ -25,32 +26,25 @@ def is_pure_tensor(x: Any) -> bool:
 def derain_image(img: torch.Tensor, model: nn.Module, tile: int | None = None) -> torch.Tensor:
     """Derain image tensors ``(..., C, H, W)``; same shape, dtype, device and value range out.
 
-    Integer dtypes are full-range (uint8: 0..255), floats are in [0, 1]. C = 3 (RGB) or 4 (RGBA: alpha
-    kept); C = 1 or 2 (grayscale, + alpha) is derained as RGB and returned as grayscale.
+    ``jdnet_plugin.inference.derain`` on the images flattened to a batch: float in [0, 1], uint8 or
+    uint16; C = 3 (RGB), 4 (RGBA: alpha kept) or 1 (grayscale: derained as RGB, returned as BT.601 luma).
     """
-    if img.dim() < 3 or img.shape[-3] not in (1, 2, 3, 4):
-        raise ValueError(f"expected images (..., C, H, W) with C in 1..4, got shape {tuple(img.shape)}")
-    c, h, w = img.shape[-3:]
+    if img.dim() < 3:
+        raise ValueError(f"expected images (..., C, H, W), got shape {tuple(img.shape)}")
     if img.numel() == 0:
         return img.clone()
-    x = TF.to_dtype(img.reshape(-1, c, h, w), torch.float32, scale=True)
-    color = 3 if c >= 3 else 1
-    rgb = x[:, :color].expand(-1, 3, -1, -1)
-    out = derain_batch(model, rgb, tile)
-    if color == 1:
-        out = TF.rgb_to_grayscale(out)
-    out = torch.cat([out, x[:, color:]], 1)
-    return TF.to_dtype(out, img.dtype, scale=True).reshape(img.shape)
+    out = derain(img.reshape(-1, *img.shape[-3:]), model, tile=tile)
+    return ordinary(out.reshape(img.shape))
 
 
 def derain_pil(img: PIL.Image.Image, model: nn.Module, tile: int | None = None) -> PIL.Image.Image:
-    """Derain a PIL image of mode L, LA, RGB or RGBA; same mode and size out."""
+    """Derain a PIL image (modes L, LA, RGB, RGBA, I;16); same mode and size out."""
     if img.mode not in PIL_MODES:
         raise ValueError(
             f"cannot derain a PIL image of mode {img.mode!r} (supported: {', '.join(PIL_MODES)}); convert it "
             "first, and pass segmentation masks as tv_tensors.Mask so transforms leave them alone"
         )
-    return TF.to_pil_image(derain_image(TF.pil_to_tensor(img), model, tile), mode=img.mode)
+    return derain(img, model, tile=tile)
 
 
 class JDNetTransform(Transform):

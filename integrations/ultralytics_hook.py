@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
+
+from jdnet_plugin.inference import derain
 
 from ._weights import WeightsSource, derain_batch, model_device, resolve_derainer
 from .torchvision_transform import derain_image
@@ -63,7 +64,7 @@ def load_yolo(path: str | os.PathLike, task: str | None = None):
     from ultralytics import YOLO
 
     text = str(path)
-    if not Path(text).suffix.lower() in (".yaml", ".yml") and not Path(text).is_file():
+    if Path(text).suffix.lower() not in (".yaml", ".yml") and not Path(text).is_file():
         raise FileNotFoundError(
             f"YOLO weights {text} not found locally (resolved: {Path(text).resolve()}); Ultralytics would try to "
             "download them. Download the file yourself (e.g. from https://github.com/ultralytics/assets/releases) "
@@ -77,29 +78,7 @@ def derain_frames(frames: Any, model: nn.Module, tile: int | None = None) -> Any
     grayscale) or an RGB float tensor ``(B, 3, H, W)`` in [0, 1]."""
     if isinstance(frames, torch.Tensor):
         return derain_image(frames, model, tile)
-    if isinstance(frames, np.ndarray):
-        return derain_frames([frames], model, tile)[0]
-    frames = list(frames)
-    out: list[np.ndarray | None] = [None] * len(frames)
-    groups: dict[tuple, list[int]] = {}
-    for i, f in enumerate(frames):
-        if not isinstance(f, np.ndarray) or f.ndim not in (2, 3):
-            raise TypeError(f"frame {i}: expected an HxW or HxWxC numpy array, got {type(f).__name__} "
-                            f"{getattr(f, 'shape', '')}")
-        groups.setdefault((f.shape, f.dtype.str), []).append(i)
-    for idx in groups.values():  # one derainer call per frame size
-        batch = np.stack([frames[i] for i in idx])
-        if batch.ndim == 3:
-            batch = batch[..., None]
-        if batch.shape[-1] in (3, 4):  # BGR(A) -> RGB(A)
-            batch = batch[..., [2, 1, 0, *range(3, batch.shape[-1])]]
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-        y = derain_image(x, model, tile).permute(0, 2, 3, 1).numpy()
-        if y.shape[-1] in (3, 4):
-            y = y[..., [2, 1, 0, *range(3, y.shape[-1])]]
-        for j, i in enumerate(idx):
-            out[i] = np.ascontiguousarray(y[j].reshape(frames[i].shape))
-    return out
+    return derain(frames, model, bgr=True, tile=tile)
 
 
 @dataclass
