@@ -34,7 +34,7 @@ from ..losses import build_loss
 from ..registry import create_model
 from ..utils.atomic import atomic_path, atomic_write_text
 from .config import ConfigError, config_differences, validate_config
-from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
+from .distributed import cleanup_distributed, init_distributed, resolve_device
 from .sampler import InfiniteSampler
 
 __all__ = ["Trainer", "TrainResult", "rng_state", "set_rng_state", "CHECKPOINT_NAMES"]
@@ -251,14 +251,17 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop = signal.Signals(signum).name
 
-    def _should_stop(self) -> bool:
+    def _should_stop(self, step: int) -> bool:
         flag = 1.0 if self._stop else 0.0
-        if self.dist.enabled:  # every rank stops at the same step
+        # Every rank must stop at the same step: agree on it every log_every steps (a sync point anyway).
+        if self.dist.enabled and step % self.cfg["log_every"] == 0:
             t = torch.tensor([flag], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = float(t.item())
             if flag and not self._stop:
                 self._stop = "SIGTERM"
+        elif self.dist.enabled:
+            return False
         return flag > 0
 
     # ---- the loop --------------------------------------------------------------------------------------
@@ -347,8 +350,6 @@ class Trainer:
             with self._autocast():
                 pred = model(rain)
             loss = self.loss_fn(pred.float(), clean)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss.item()} at step {step + 1}; lower --lr or check data")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -363,6 +364,9 @@ class Trainer:
                 if d.enabled:
                     dist.all_reduce(loss_sum)
                     loss_sum /= d.world_size
+                if not torch.isfinite(loss_sum):
+                    raise FloatingPointError(f"the training loss became {float(loss_sum)} by step {step}; "
+                                             "lower --lr, try --amp none, or check the data")
                 now = time.perf_counter()
                 rec = {"step": step, "train_loss": float(loss_sum) / loss_n,
                        "lr": self.scheduler.get_last_lr()[0], "steps_per_s": (step - n0) / max(now - t0, 1e-9)}
@@ -387,9 +391,12 @@ class Trainer:
                 names.append("latest.pt")
             if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0:
                 names.append(f"step_{step}.pt")
-            stop = self._should_stop()
+            stop = self._should_stop(step)
             if stop and "latest.pt" not in names:
                 names.append("latest.pt")
+            if names and loss_n and not torch.isfinite(loss_sum):  # never save diverged weights
+                raise FloatingPointError(f"the training loss became {float(loss_sum)} by step {step}; "
+                                         "lower --lr, try --amp none, or check the data")
             self._save(names, step)
             if stop:
                 return self._stop or "SIGTERM", step
