@@ -65,7 +65,11 @@ def test_cli_trains_writes_everything_and_loads(data, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"latest.pt", "final.pt", "best.pt", "step_3.pt", "step_6.pt", "config.yaml", "log.jsonl", "tb"} <= names
     assert not [n for n in names if ".tmp-" in n]
-    assert any((out / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "tb")).Reload().Tags()
+    assert {"train/loss", "lr", "steps_per_s", "val/psnr", "val/ssim"} <= set(tb["scalars"])
+    assert tb["images"] == ["val/rainy|derained|clean"]
     assert "loss=" in capsys.readouterr().err  # the progress bar shows the loss
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())

@@ -229,7 +229,7 @@ class PairedImageDataset(_Base):
                     f"no usable rainy/clean pairs in {root}: expected sub-folders named like "
                     f"{RAIN_DIR_NAMES[0]}/ + {CLEAN_DIR_NAMES[0]}/ (or pair_dirs), or files rain-*/norain-*"
                 )
-        return cls(pair_files(rain, clean, where), root=root, **kwargs)
+        return cls(pair_files(rain, clean, where), root=dirs[0] if dirs is not None else root, **kwargs)
 
     def __len__(self) -> int:
         return len(self.pairs)

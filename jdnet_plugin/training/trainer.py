@@ -377,6 +377,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['train_loss']:.4f}", lr=f"{rec['lr']:.1e}",
                                     sps=f"{rec['steps_per_s']:.2f}")
             names = []
+            if self.val_set is None and step % cfg["val_every"] == 0 and d.is_main:
+                log.image("train/rainy|derained|clean",
+                          torch.cat([rain[0], pred[0].detach(), clean[0]], dim=-1).float().cpu(), step)
             if self.val_set is not None and (step % cfg["val_every"] == 0 or step == steps) and d.is_main:
                 tv = time.perf_counter()
                 v = self.validate()
