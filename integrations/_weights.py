@@ -11,7 +11,7 @@ from torch import nn
 import jdnet_plugin
 from jdnet_plugin.inference import derain_tensor
 
-__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "model_dtype", "ordinary"]
+__all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "ordinary"]
 
 WeightsSource = str | os.PathLike | Mapping | None
 
@@ -48,11 +48,6 @@ def _first_tensor(model: nn.Module) -> torch.Tensor | None:
 def model_device(model: nn.Module) -> torch.device:
     t = _first_tensor(model)
     return t.device if t is not None else torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    t = _first_tensor(model)
-    return t.dtype if t is not None and t.is_floating_point() else torch.float32
 
 
 def run_derainer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
