@@ -1,0 +1,210 @@
+"""eval_tasks/segment.py: mIoU from one confusion matrix, class maps, model loaders, caching and error paths,
+on a tiny dataset whose TorchScript segmenter classifies pixels by brightness (so rain changes its answers)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eval_tasks.segment import (Segmenter, confusion_matrix, iou_from_confusion, load_segmenter, main,
+                                read_class_map)
+from jdnet_plugin import create_model, save_checkpoint
+
+IGNORE = 9
+CENTERS = (0.15, 0.5, 0.85)
+
+
+class BrightnessSeg(nn.Module):
+    """Class k where the pixel's mean brightness is nearest ``centers[k]``; extra channels never win."""
+
+    def __init__(self, extra: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.tensor(list(CENTERS) + [10.0] * extra).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x.mean(1, keepdim=True) - self.centers) ** 2) * 50
+
+
+FACTORY_SRC = f"""
+import torch
+from torch import nn
+
+class BrightnessSeg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("centers", torch.tensor({list(CENTERS)}).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return -((x.mean(1, keepdim=True) - self.centers) ** 2) * 50
+
+def make():
+    return BrightnessSeg()
+"""
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "w.pt"
+    save_checkpoint(path, create_model("jdnet-lite", units=1, scales=1))
+    return path
+
+
+def scripted(path: Path, extra: int = 0) -> Path:
+    torch.jit.script(BrightnessSeg(extra)).save(str(path))
+    return path
+
+
+def make_dataset(root: Path, n: int = 3) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i in range(n):
+        mask = np.zeros((24, 36), np.uint8)
+        mask[:, 12:24], mask[:, 24:] = 1, 2
+        mask[:2] = IGNORE  # a void band
+        level = np.array(CENTERS)[np.minimum(mask, 2)] + rng.normal(0, 0.03, mask.shape)
+        img = np.clip(level * 255, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(images / f"im{i}.png"), np.repeat(img[..., None], 3, 2))
+        cv2.imwrite(str(masks / f"im{i}.png"), mask)
+    return images, masks
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_confusion_and_iou():
+    target = torch.tensor([0, 0, 1, 1, 2, 5, 5])
+    preds = torch.tensor([0, 1, 1, 1, 7, 0, 2])  # 7: outside the classes (e.g. mapped to void) -> a miss
+    cm = confusion_matrix(preds, target, num_classes=3, ignore_index=5)
+    assert cm.shape == (3, 4) and cm.sum() == 5  # ignored pixels left out
+    iou, present = iou_from_confusion(cm)
+    assert iou.tolist() == pytest.approx([1 / 2, 2 / 3, 0.0])
+    assert present.tolist() == [True, True, True]
+    cm2 = confusion_matrix(torch.tensor([0, 2]), torch.tensor([0, 0]), 3, None)
+    iou2, present2 = iou_from_confusion(cm2)
+    assert present2.tolist() == [True, False, False] and iou2[0] == pytest.approx(0.5)
+
+
+def test_report_cache_and_values(tmp_path, weights, capsys):
+    images, masks = make_dataset(tmp_path / "ds")
+    model = scripted(tmp_path / "seg.torchscript")
+    out = tmp_path / "out"
+    argv = ["--images", images, "--masks", masks, "--model", model, "--num-classes", 3, "--ignore-index", IGNORE,
+            "--rain", "heavy", "--weights", weights, "--out", out, "--seed", 1]
+    rc, stdout, err = run(argv, capsys)
+    assert rc == 0, err
+    assert "| clean |" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["clean"]["miou"] == pytest.approx(1.0)
+    assert report["rainy"]["miou"] < 0.9  # heavy rain brightens pixels into the next class
+    for copy in ("clean", "rainy", "derained"):
+        cm = np.array(report["confusion"][copy], dtype=np.float64)
+        assert cm.sum() == 3 * 22 * 36  # every non-void pixel once
+        tp = np.diag(cm[:, :3])
+        iou = tp / (cm.sum(1) + cm[:, :3].sum(0) - tp)
+        assert report[copy]["miou"] == pytest.approx(iou.mean())
+    c, r, d = (report[k]["miou"] for k in ("clean", "rainy", "derained"))
+    assert report["recovered_fraction"]["miou"] == pytest.approx((d - r) / (c - r))
+    assert (out / "plot.png").is_file() and "miou" in (out / "report.md").read_text()
+    rainy_file = Path(report["copies"]["rainy"]) / "im0.png"
+    mtime = rainy_file.stat().st_mtime_ns
+
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    again = json.loads((out / "report.json").read_text())
+    assert again["copies_reused"] == {"rainy": True, "derained": True}
+    assert rainy_file.stat().st_mtime_ns == mtime
+    assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
+                                                                                                "derained")}
+    # The source folders are untouched.
+    assert sorted(p.name for p in images.iterdir()) == ["im0.png", "im1.png", "im2.png"]
+
+
+def test_class_map_and_factory(tmp_path, weights, capsys, monkeypatch):
+    images, masks = make_dataset(tmp_path / "ds", n=1)
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"lut": [0, 1, 2, IGNORE], "target_classes": ["dark", "mid", "bright"]}))
+    base = ["--images", images, "--masks", masks, "--num-classes", 3, "--ignore-index", IGNORE, "--rain", "light",
+            "--weights", weights, "--cache", tmp_path / "cache"]
+    rc, _, err = run([*base, "--model", scripted(tmp_path / "s4.torchscript", extra=1), "--class-map", cmap,
+                      "--out", tmp_path / "o1"], capsys)
+    assert rc == 0, err
+    mapped = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert set(mapped["per_class"]["clean"]) == {"dark", "mid", "bright"}
+
+    (tmp_path / "tinyseg_factory.py").write_text(FACTORY_SRC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc, _, err = run([*base, "--model", "tinyseg_factory:make", "--out", tmp_path / "o2"], capsys)
+    assert rc == 0, err
+    plain = json.loads((tmp_path / "o2" / "report.json").read_text())
+    for copy in ("clean", "rainy", "derained"):
+        assert plain[copy]["miou"] == pytest.approx(mapped[copy]["miou"])
+
+
+def test_smp_checkpoint_folder(tmp_path):
+    pytest.importorskip("segmentation_models_pytorch")
+    from integrations import create_smp_model
+
+    model = create_smp_model("Unet", "resnet18", classes=3, encoder_depth=3, decoder_channels=(16, 8, 4))
+    model.save_pretrained(str(tmp_path / "unet"))
+    loaded = load_segmenter(str(tmp_path / "unet"))
+    out = Segmenter(loaded)(torch.rand(1, 3, 20, 30))
+    assert out.shape == (1, 3, 20, 30)  # padded to the encoder's multiple and cropped back
+
+
+def test_errors(tmp_path, weights, capsys):
+    images, masks = make_dataset(tmp_path / "ds", n=1)
+    model = scripted(tmp_path / "seg.torchscript")
+    base = ["--images", images, "--masks", masks, "--model", model, "--num-classes", 3, "--ignore-index", IGNORE,
+            "--rain", "light", "--weights", weights, "--out", tmp_path / "o"]
+
+    def err_of(argv):
+        rc, _, err = run(argv, capsys)
+        assert rc == 2 and err.startswith("error:"), err
+        return err
+
+    assert "missing.torchscript" in err_of([*base[:4], "--model", tmp_path / "missing.torchscript", *base[6:]])
+    assert "class-count mismatch" in err_of([*base[:6], "--num-classes", 4, *base[8:]])
+    bad_len = tmp_path / "bad_len.json"
+    bad_len.write_text(json.dumps({"lut": [0, 1]}))
+    assert "class-count mismatch" in err_of([*base, "--class-map", bad_len])
+    bad_val = tmp_path / "bad_val.json"
+    bad_val.write_text(json.dumps({"lut": [0, 1, 5]}))
+    assert "[5]" in err_of([*base, "--class-map", bad_val])
+    other = tmp_path / "other_masks"
+    other.mkdir()
+    cv2.imwrite(str(other / "unrelated.png"), np.zeros((4, 4), np.uint8))
+    assert "no labels" in err_of([*base[:2], "--masks", other, *base[4:]])
+    cv2.imwrite(str(masks / "im0.png"), np.full((24, 36), 7, np.uint8))
+    assert "class 7" in err_of(base)
+    with pytest.raises(FileNotFoundError):
+        read_class_map(tmp_path / "none.json")
+
+
+def test_shared_espnet_camvid(tmp_path, shared_dir, weights, capsys):
+    src = shared_dir / "data" / "camvid_val"
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    name = sorted((src / "images").iterdir())[0].name
+    shutil.copy(src / "images" / name, images)
+    shutil.copy(src / "masks" / name, masks)
+    rc, _, err = run(["--images", images, "--masks", masks, "--model",
+                      shared_dir / "models" / "espnet-cityscapes.torchscript", "--num-classes", 11, "--class-map",
+                      shared_dir / "models" / "cityscapes_to_camvid.json", "--ignore-index", 11, "--rain", "light",
+                      "--weights", weights, "--out", tmp_path / "out"], capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["clean"]["miou"] > 0.15
+    assert "Road" in report["per_class"]["clean"]
