@@ -118,4 +118,5 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The settings that differ between a saved run and this one, other than :data:`RESUMABLE_CHANGES`."""
     keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
-    return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)" for k in keys if saved.get(k) != current.get(k)]
+    return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)"
+            for k in keys if saved.get(k) != current.get(k)]

@@ -143,7 +143,10 @@ class Trainer:
         self.val_set = None
         if cfg["val"]:
             cfg["val"] = str(Path(cfg["val"]).resolve())
-            val = make_dataset(cfg["val"], pair_dirs=cfg["pair_dirs"], require_pairs=True)
+            pair_dirs = cfg["pair_dirs"]
+            if pair_dirs and not (Path(cfg["val"]) / pair_dirs[0]).is_dir():  # val in a usual layout
+                pair_dirs = None
+            val = make_dataset(cfg["val"], pair_dirs=pair_dirs, require_pairs=True)
             if cfg["val_max"]:
                 val = Subset(val, range(min(cfg["val_max"], len(val))))
             self.val_set = val
@@ -191,7 +194,8 @@ class Trainer:
         load_state_dict_checked(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without fp16
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.best_psnr = ckpt.get("best_psnr", float("-inf"))
         self.sampler_position = int(ckpt["sampler_position"])
