@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         result = Trainer(cfg, fresh=args.fresh).fit()
     except (ConfigError, DatasetError, CheckpointError, ImageReadError, FileNotFoundError,
             NotADirectoryError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = str(e).strip()
+        if "Original Traceback" in msg:  # raised in a DataLoader worker: keep the original message only
+            msg = msg.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     return int(result["exit_code"])
 
