@@ -29,13 +29,13 @@ from jdnet_plugin.registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
-           "image_seed", "resolve_weights_file", "load_derainer", "rain_fn", "derain_fn", "cached_copy",
+           "resolve_weights_file", "load_derainer", "rain_fn", "derain_fn", "cached_copy",
            "map_image_tree", "recovered_fraction", "write_report", "finish_report", "markdown_table", "plot_metrics",
            "to_jsonable"]
 
 COPIES = ("clean", "rainy", "derained")
 MARKER = ".complete.json"
-JPEG_QUALITY = 100  # derived copies keep the source's file names and formats; JPEG at the highest quality
+JPEG_QUALITY = 95  # derived copies keep the source's file names and formats; JPEG quality as jdnet_plugin.synth
 
 ImageFn = Callable[[np.ndarray, str], np.ndarray]
 
@@ -64,8 +64,10 @@ def cli_main(run: Callable[[argparse.Namespace], int], parser: argparse.Argument
 def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> None:
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="deraining checkpoint or registered weights name (default: %(default)s)")
-    if rain_required:
-        p.add_argument("--rain", required=True, help="rain preset of the rainy copy: light or heavy")
+    p.add_argument("--rain", required=rain_required,
+                   help="rain preset of the rainy copy: light, heavy, mixed or another name in rain_presets.yaml")
+    p.add_argument("--rain-scale", default="1",
+                   help="streak size factor, or 'auto' = shorter image side / 320, as jdnet_plugin.synth --scale")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.json, report.md, plot)")
     p.add_argument("--cache", type=Path, default=None, help="where the image copies are kept (default: OUT/cache)")
     p.add_argument("--seed", type=int, default=0, help="rain seed (default: %(default)s)")
@@ -101,12 +103,6 @@ def files_fingerprint(files: Iterable[Path], root: Path) -> str:
     return digest(sorted(items), 32)
 
 
-def image_seed(seed: int, key: str) -> int:
-    """A per-image rain seed from the run's seed and the image's name: the same image gets the same rain
-    whatever order or subset of images is processed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "little")
-
-
 def resolve_weights_file(weights: str | os.PathLike) -> Path:
     """The deraining checkpoint file of a path or a registered weights name; clear error if there is none."""
     text = str(weights)
@@ -128,14 +124,32 @@ def load_derainer(weights: str | os.PathLike, device: torch.device) -> tuple[tor
     return load_model(path, device=device), sha256_file(path)
 
 
-def rain_fn(preset: str, seed: int) -> ImageFn:
-    from jdnet_plugin.rain import PRESETS, add_rain
+def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
+    """``fn(rgb, relative name)`` adding the rain ``python -m jdnet_plugin.synth SRC --preset P --seed N --scale S``
+    adds to that file of SRC: the same per-file seed, preset choice and streak scale."""
+    from jdnet_plugin.cli.synth import file_seed
+    from jdnet_plugin.rain import PRESETS, add_rain, make_generator
+    from jdnet_plugin.rain.params import resolve_preset
 
-    if preset not in PRESETS:
-        raise EvalError(f"unknown rain preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    try:
+        choice = resolve_preset(preset)
+    except KeyError as e:
+        raise EvalError(e.args[0] if e.args else f"unknown rain preset {preset!r}") from None
+    if scale != "auto":
+        try:
+            scale = float(scale)
+        except ValueError:
+            scale = 0.0
+        if scale <= 0:
+            raise EvalError(f"rain scale must be a positive number or 'auto', got {scale!r}")
 
     def fn(rgb: np.ndarray, key: str) -> np.ndarray:
-        return add_rain(rgb, preset, seed=image_seed(seed, key))
+        g = make_generator(file_seed(seed, key))
+        params = choice
+        if isinstance(choice, tuple):
+            params = PRESETS[choice[int(torch.randint(len(choice), (1,), generator=g))]]
+        factor = min(rgb.shape[:2]) / 320.0 if scale == "auto" else scale
+        return add_rain(rgb, params.scaled(factor) if factor != 1.0 else params, generator=g)
 
     return fn
 

@@ -164,17 +164,17 @@ def _copy_builder(ds: YoloDataset, fn, src_root: Path, desc: str):
 
 
 def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, derainer: torch.nn.Module | None,
-                           weights_sha: str | None, tile: int | None = None, derain_clean: bool = False
-                           ) -> dict[str, tuple[Path, bool]]:
+                           weights_sha: str | None, tile: int | None = None, derain_clean: bool = False,
+                           rain_scale: str = "1") -> dict[str, tuple[Path, bool]]:
     """``{copy: (folder, reused)}`` for clean (links), rainy, derained (and clean_derained)."""
     source = {"yaml": str(ds.yaml_path.resolve()),
               "fingerprint": files_fingerprint([*ds.images, *ds.labels, ds.yaml_path.resolve()], Path("/"))}
     stem = ds.yaml_path.stem
     out = {"clean": cached_copy(cache, f"{stem}-clean", {"task": "detect", **source},
                                 _copy_builder(ds, None, ds.root, "clean copy"))}
-    rain_key = {"task": "detect", **source, "rain": rain, "seed": seed}
+    rain_key = {"task": "detect", **source, "rain": rain, "seed": seed, "scale": str(rain_scale)}
     rainy = cached_copy(cache, f"{stem}-rainy-{rain}-s{seed}", rain_key,
-                        _copy_builder(ds, rain_fn(rain, seed), ds.root, f"rain ({rain})"))
+                        _copy_builder(ds, rain_fn(rain, seed, rain_scale), ds.root, f"rain ({rain})"))
     out["rainy"] = rainy
     if derainer is not None:
         out["derained"] = cached_copy(cache, f"{stem}-derained-{rain}-s{seed}", {**rain_key, "weights": weights_sha},
@@ -224,13 +224,15 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     _check_model_file(args.model)
     ds = read_yolo_dataset(args.data)
+    rain_fn(args.rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
     derainer, wsha = load_derainer(args.weights, device)
     yolo = _load_detector(args.model)
     model_names = _model_names(yolo)
     if model_names is not None and len(model_names) != len(ds.names):
         raise EvalError(f"class-count mismatch: detector {args.model} has {len(model_names)} classes, "
                         f"{args.data} names {len(ds.names)}")
-    copies = build_detection_copies(ds, cache, args.rain, args.seed, derainer, wsha, args.tile, args.derain_clean)
+    copies = build_detection_copies(ds, cache, args.rain, args.seed, derainer, wsha, args.tile, args.derain_clean,
+                                    args.rain_scale)
     model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
     results, reused = {}, {}
     for copy, (folder, was_cached) in copies.items():
@@ -251,8 +253,8 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
         "notes": notes,
         "per_class": {c: results[c]["per_class"] for c in results},
         "config": {"mode": "dataset", "data": str(Path(args.data).resolve()), "model": str(args.model),
-                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain, "seed": args.seed,
-                   "imgsz": args.imgsz, "batch": args.batch, "images": len(ds.images),
+                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain, "rain_scale": args.rain_scale,
+                   "seed": args.seed, "imgsz": args.imgsz, "batch": args.batch, "images": len(ds.images),
                    "metrics": "Ultralytics DetectionValidator (YOLO.val)"},
         "copies": {c: str(folder) for c, (folder, _) in copies.items()},
         "copies_reused": reused,
@@ -375,10 +377,10 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
 
         source_id["fingerprint"] = files_fingerprint(list_images(src), src)
     key = {"task": "footage", **source_id, "max_frames": args.max_frames, "add_rain": args.add_rain,
-           "seed": args.seed, "weights": wsha}
+           "seed": args.seed, "scale": str(args.rain_scale), "weights": wsha}
     cacheable = src.exists()
     if args.add_rain:
-        rain = rain_fn(args.add_rain, args.seed)
+        rain = rain_fn(args.add_rain, args.seed, args.rain_scale)
     derain = derain_fn(derainer, args.tile)
 
     def build(tmp: Path, final: Path) -> None:
@@ -488,7 +490,7 @@ def evaluate_footage(args: argparse.Namespace) -> int:
         "per_class": per_class or {},
         "config": {"mode": "footage", "source": str(args.source), "model": str(args.model),
                    "weights": str(args.weights), "weights_sha256": wsha, "add_rain": args.add_rain,
-                   "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf, "frames": len(stems),
+                   "rain_scale": args.rain_scale, "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf, "frames": len(stems),
                    "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
         "frames_cache": str(folder),
         "frames_reused": reused,
@@ -520,8 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", help="footage mode: a video file, image folder, or stream URL / camera index")
     p.add_argument("--model", required=True, help="detector: anything Ultralytics' YOLO() loads (local file)")
     add_common_args(p, rain_required=False)
-    p.add_argument("--rain", choices=("light", "heavy"), help="dataset mode: rain preset of the rainy copy")
-    p.add_argument("--add-rain", choices=("light", "heavy"),
+    p.add_argument("--add-rain", metavar="PRESET",
                    help="footage mode: the footage is clean; add rain and use the clean detections as reference")
     p.add_argument("--max-frames", type=int, default=None, help="footage mode: first N frames only")
     p.add_argument("--conf", type=float, default=0.25,
@@ -538,7 +539,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.data is not None:
         if not args.rain:
             raise EvalError("dataset mode needs --rain light|heavy")
+        if args.add_rain or args.max_frames:
+            raise EvalError("--add-rain and --max-frames are footage-mode options (--source); use --rain with --data")
         return evaluate_dataset(args)
+    if args.rain:
+        raise EvalError("--rain is a dataset-mode option (--data); footage mode adds rain with --add-rain")
+    if args.add_rain:
+        rain_fn(args.add_rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
     return evaluate_footage(args)
 
 

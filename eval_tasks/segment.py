@@ -266,6 +266,7 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
     if args.num_classes < 1:
         raise EvalError(f"--num-classes must be >= 1, got {args.num_classes}")
     images, masks, missing = pair_masks(Path(args.images), Path(args.masks))
+    rain_fn(args.rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
     lut, map_names = read_class_map(args.class_map) if args.class_map else (None, None)
     if lut is not None:  # the map alone can already contradict --num-classes
         bad = [int(v) for v in lut if not (0 <= v < args.num_classes or v == args.ignore_index)]
@@ -284,10 +285,11 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
 
     root = Path(args.images).absolute()
     source = {"images": str(root.resolve()), "fingerprint": files_fingerprint(images, root)}
-    rain_key = {"task": "segment", **source, "rain": args.rain, "seed": args.seed}
+    rain_key = {"task": "segment", **source, "rain": args.rain, "seed": args.seed, "scale": str(args.rain_scale)}
     rainy, rainy_reused = cached_copy(
         cache, f"{root.name}-rainy-{args.rain}-s{args.seed}", rain_key,
-        lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(args.rain, args.seed), f"rain ({args.rain})"))
+        lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(args.rain, args.seed, args.rain_scale),
+                                          f"rain ({args.rain})"))
     derained, derained_reused = cached_copy(
         cache, f"{root.name}-derained-{args.rain}-s{args.seed}", {**rain_key, "weights": wsha},
         lambda tmp, final: map_image_tree([rainy / f.relative_to(root) for f in images], rainy, tmp,
@@ -328,7 +330,7 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         "config": {"images": str(root), "masks": str(Path(args.masks).absolute()), "model": str(args.model),
                    "num_classes": args.num_classes, "class_map": args.class_map, "ignore_index": args.ignore_index,
                    "class_names": names, "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain,
-                   "seed": args.seed, "count": len(images),
+                   "rain_scale": args.rain_scale, "seed": args.seed, "count": len(images),
                    "metrics": "one confusion matrix over the dataset (torchmetrics); IoU per class; mean over "
                               "classes present in the ground truth"},
         "copies": {c: str(f) for c, (f, _) in copies.items()},
@@ -349,8 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-map", default=None, help='JSON with "lut": model channel -> dataset class')
     p.add_argument("--class-names", default=None, help="text file with the dataset's class names")
     p.add_argument("--ignore-index", type=int, default=None, help="mask value left out of the metric (void)")
-    add_common_args(p, rain_required=False)
-    p.add_argument("--rain", required=True, choices=("light", "heavy"), help="rain preset of the rainy copy")
+    add_common_args(p, rain_required=True)
     return p
 
 

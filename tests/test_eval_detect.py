@@ -103,6 +103,14 @@ def test_dataset_mode_report_and_cache(tmp_path, yolo_pt, weights, capsys):
     assert not np.array_equal(cv2.imread(str(rainy_img)), cv2.imread(str(src / "images" / "val" / "im0.jpg")))
     assert (copies["derained"] / "labels" / "val" / "im0.txt").read_text() == \
         (src / "labels" / "val" / "im0.txt").read_text()
+    # The rainy copy is what ``python -m jdnet_plugin.synth SRC --preset light --seed 3`` makes of SRC.
+    from jdnet_plugin.cli.synth import main as synth_main
+
+    assert synth_main([str(src), "--out", str(tmp_path / "synth"), "--preset", "light", "--seed", "3",
+                       "--workers", "0", "--quiet"]) == 0
+    for i in range(3):
+        rel = Path("images") / "val" / f"im{i}.jpg"
+        assert np.array_equal(cv2.imread(str(tmp_path / "synth" / rel)), cv2.imread(str(copies["rainy"] / rel)))
     mtimes = {p: p.stat().st_mtime_ns for p in (rainy_img, copies["derained"] / "images" / "val" / "im1.jpg")}
 
     rc, _, err = run(argv, capsys)  # rerun: copies and metrics reused, nothing rebuilt
@@ -115,11 +123,12 @@ def test_dataset_mode_report_and_cache(tmp_path, yolo_pt, weights, capsys):
 
 
 def test_rain_is_deterministic_per_image_and_seed():
-    img = np.full((32, 32, 3), 90, np.uint8)
+    img = np.full((64, 64, 3), 90, np.uint8)
     a, b, c = rain_fn("light", 1), rain_fn("light", 1), rain_fn("light", 2)
     assert np.array_equal(a(img, "x.jpg"), b(img, "x.jpg"))
     assert not np.array_equal(a(img, "x.jpg"), c(img, "x.jpg"))
     assert not np.array_equal(a(img, "x.jpg"), a(img, "y.jpg"))
+    assert not np.array_equal(a(img, "x.jpg"), rain_fn("light", 1, "auto")(img, "x.jpg"))  # 64 / 320 scale
 
 
 def test_dataset_mode_errors(tmp_path, yolo_pt, weights, capsys):
@@ -142,6 +151,9 @@ def test_dataset_mode_errors(tmp_path, yolo_pt, weights, capsys):
 
     rc, _, err = run(base[:-4] + ["--out", tmp_path / "o"], capsys)  # no --rain
     assert rc == 2 and "--rain" in err
+
+    rc, _, err = run([*base[:-4], "--rain", "drizzle", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "drizzle" in err
 
 
 def test_detections_map():
