@@ -428,39 +428,36 @@ def evaluate_footage(args: argparse.Namespace) -> int:
     dets: dict[str, list] = {k: [] for k in kinds}
     rows = []
     video_path = out / "side_by_side.mp4"
-    writer, tmp_ctx = None, atomic_path(video_path)
-    tmp_video = tmp_ctx.__enter__()
-    try:
-        for i, stem in enumerate(tqdm(stems, desc="detect", unit="frame", disable=None)):
-            row: dict[str, Any] = {"frame": stem}
-            shown = {}
-            for k in kinds:
-                res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
-                d = _dets(res)
-                dets[k].append(d)
-                sel = d["conf"] >= args.conf
-                row[f"{k}_count"] = int(sel.sum())
-                row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
-                if k in ("rainy", "derained"):
-                    shown[k] = res[res.boxes.conf >= args.conf].plot(line_width=1, font_size=8)
-            rows.append(row)
-            left, right = shown["rainy"], shown["derained"]
-            for img, label in ((left, "rainy"), (right, "derained")):
-                cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
-            frame = np.concatenate([left, right], axis=1)
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise EvalError(f"cannot write video {video_path} (OpenCV has no mp4v encoder)")
-            writer.write(frame)
-        writer.release()
-        tmp_ctx.__exit__(None, None, None)
-    except BaseException as e:
-        if writer is not None:
-            writer.release()
-        tmp_ctx.__exit__(type(e), e, e.__traceback__)
-        raise
+    with atomic_path(video_path) as tmp_video:
+        writer, size = None, None
+        try:
+            for stem in tqdm(stems, desc="detect", unit="frame", disable=None):
+                row: dict[str, Any] = {"frame": stem}
+                shown = {}
+                for k in kinds:
+                    res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
+                    d = _dets(res)
+                    dets[k].append(d)
+                    sel = d["conf"] >= args.conf
+                    row[f"{k}_count"] = int(sel.sum())
+                    row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
+                    if k in ("rainy", "derained"):
+                        shown[k] = res[res.boxes.conf >= args.conf].plot(line_width=1, font_size=8)
+                        cv2.putText(shown[k], k, (8, shown[k].shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2,
+                                    cv2.LINE_AA)
+                rows.append(row)
+                frame = np.concatenate([shown["rainy"], shown["derained"]], axis=1)
+                if writer is None:
+                    size = frame.shape[1], frame.shape[0]
+                    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                    if not writer.isOpened():
+                        raise EvalError(f"cannot write video {video_path} (OpenCV has no mp4v encoder)")
+                elif (frame.shape[1], frame.shape[0]) != size:  # a folder of mixed sizes: the first one's size
+                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+                writer.write(frame)
+        finally:
+            if writer is not None:
+                writer.release()
     out.mkdir(parents=True, exist_ok=True)
     _write_frames(out, rows)
     summary = {}
