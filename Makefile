@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m jdnet_plugin.demo --out outputs/demo
+	$(PY) eval_tasks/demo.py --out outputs/demo
 
 test: setup
 	$(PY) -m pytest -q
