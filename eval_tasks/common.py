@@ -155,11 +155,11 @@ def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
 
 
 def derain_fn(model: torch.nn.Module, tile: int | None = None) -> ImageFn:
-    from integrations import derain_image
+    """``fn(rgb, name)``: the image through ``jdnet_plugin.inference.derain`` (on the model's device)."""
+    from jdnet_plugin.inference import derain
 
     def fn(rgb: np.ndarray, key: str) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        return derain_image(x, model, tile).permute(1, 2, 0).contiguous().numpy()
+        return derain(rgb, model=model, tile=tile)
 
     return fn
 

@@ -177,11 +177,12 @@ def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, d
                         _copy_builder(ds, rain_fn(rain, seed, rain_scale), ds.root, f"rain ({rain})"))
     out["rainy"] = rainy
     if derainer is not None:
-        out["derained"] = cached_copy(cache, f"{stem}-derained-{rain}-s{seed}", {**rain_key, "weights": weights_sha},
+        derain_key = {**rain_key, "weights": weights_sha, "tile": tile}
+        out["derained"] = cached_copy(cache, f"{stem}-derained-{rain}-s{seed}", derain_key,
                                       _copy_builder(ds, derain_fn(derainer, tile), rainy[0], "derain"))
         if derain_clean:
             out["clean_derained"] = cached_copy(
-                cache, f"{stem}-clean-derained", {"task": "detect", **source, "weights": weights_sha},
+                cache, f"{stem}-clean-derained", {"task": "detect", **source, "weights": weights_sha, "tile": tile},
                 _copy_builder(ds, derain_fn(derainer, tile), ds.root, "derain clean"))
     return out
 
@@ -253,7 +254,8 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
         "notes": notes,
         "per_class": {c: results[c]["per_class"] for c in results},
         "config": {"mode": "dataset", "data": str(Path(args.data).resolve()), "model": str(args.model),
-                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain, "rain_scale": args.rain_scale,
+                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain,
+                   "rain_scale": args.rain_scale,
                    "seed": args.seed, "imgsz": args.imgsz, "batch": args.batch, "images": len(ds.images),
                    "metrics": "Ultralytics DetectionValidator (YOLO.val)"},
         "copies": {c: str(folder) for c, (folder, _) in copies.items()},
@@ -377,7 +379,7 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
 
         source_id["fingerprint"] = files_fingerprint(list_images(src), src)
     key = {"task": "footage", **source_id, "max_frames": args.max_frames, "add_rain": args.add_rain,
-           "seed": args.seed, "scale": str(args.rain_scale), "weights": wsha}
+           "seed": args.seed, "scale": str(args.rain_scale), "weights": wsha, "tile": args.tile}
     cacheable = src.exists()
     if args.add_rain:
         rain = rain_fn(args.add_rain, args.seed, args.rain_scale)
@@ -443,8 +445,8 @@ def evaluate_footage(args: argparse.Namespace) -> int:
                     row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
                     if k in ("rainy", "derained"):
                         shown[k] = res[res.boxes.conf >= args.conf].plot(line_width=1, font_size=8)
-                        cv2.putText(shown[k], k, (8, shown[k].shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2,
-                                    cv2.LINE_AA)
+                        cv2.putText(shown[k], k, (8, shown[k].shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
+                                    (255, 255, 255), 2, cv2.LINE_AA)
                 rows.append(row)
                 frame = np.concatenate([shown["rainy"], shown["derained"]], axis=1)
                 if writer is None:
@@ -487,7 +489,8 @@ def evaluate_footage(args: argparse.Namespace) -> int:
         "per_class": per_class or {},
         "config": {"mode": "footage", "source": str(args.source), "model": str(args.model),
                    "weights": str(args.weights), "weights_sha256": wsha, "add_rain": args.add_rain,
-                   "rain_scale": args.rain_scale, "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf, "frames": len(stems),
+                   "rain_scale": args.rain_scale, "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf,
+                   "frames": len(stems),
                    "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
         "frames_cache": str(folder),
         "frames_reused": reused,

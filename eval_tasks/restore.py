@@ -56,14 +56,14 @@ def measure(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 def _per_image(ds, model: torch.nn.Module | None, device: torch.device, tile: int | None, desc: str,
                limit: int | None) -> dict[str, dict[str, float]]:
-    from integrations import derain_image
+    from jdnet_plugin.inference import derain_tensor
 
     n = len(ds) if not limit else min(limit, len(ds))
     values = {}
     for i in tqdm(range(n), desc=desc, unit="img", disable=None):
         item = ds[i]
         rain, clean = item["rain"], item["clean"]
-        pred = rain if model is None else derain_image(rain[None].to(device), model, tile)[0].cpu()
+        pred = rain if model is None else derain_tensor(model, rain[None].to(device), tile=tile)[0].cpu()
         values[str(item.get("name", i))] = measure(pred, clean)
     return values
 

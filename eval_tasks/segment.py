@@ -291,7 +291,7 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(args.rain, args.seed, args.rain_scale),
                                           f"rain ({args.rain})"))
     derained, derained_reused = cached_copy(
-        cache, f"{root.name}-derained-{args.rain}-s{args.seed}", {**rain_key, "weights": wsha},
+        cache, f"{root.name}-derained-{args.rain}-s{args.seed}", {**rain_key, "weights": wsha, "tile": args.tile},
         lambda tmp, final: map_image_tree([rainy / f.relative_to(root) for f in images], rainy, tmp,
                                           derain_fn(derainer, args.tile), "derain"))
     copies = {"clean": (root, True), "rainy": (rainy, rainy_reused), "derained": (derained, derained_reused)}
