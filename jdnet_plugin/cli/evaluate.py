@@ -60,7 +60,7 @@ def _means(rows: list[dict], key: str) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jdnet_plugin.evaluate", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="paired test set")
     p.add_argument("--json", type=Path, metavar="FILE", help="write means and per-image results as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write per-image results as CSV")
