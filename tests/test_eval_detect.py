@@ -81,12 +81,12 @@ def test_dataset_mode_report_and_cache(tmp_path, yolo_pt, weights, capsys):
     before = sorted(p.relative_to(src) for p in src.rglob("*"))
     out = tmp_path / "out"
     argv = ["--data", yaml_path, "--model", yolo_pt, "--weights", weights, "--rain", "light", "--out", out,
-            "--imgsz", 64, "--seed", 3]
+            "--imgsz", 64, "--seed", 3, "--derain-clean"]
     rc, stdout, err = run(argv, capsys)
     assert rc == 0, err
     assert "| clean |" in stdout and "recovered fraction" in stdout
     report = json.loads((out / "report.json").read_text())
-    for copy in ("clean", "rainy", "derained"):
+    for copy in ("clean", "rainy", "derained", "clean_derained"):
         assert set(report[copy]) == {"map50", "map50_95"}
         assert all(0.0 <= v <= 1.0 for v in report[copy].values())
     expected, _ = recovered_fraction(report["clean"], report["rainy"], report["derained"], ["map50", "map50_95"])
@@ -116,7 +116,7 @@ def test_dataset_mode_report_and_cache(tmp_path, yolo_pt, weights, capsys):
     rc, _, err = run(argv, capsys)  # rerun: copies and metrics reused, nothing rebuilt
     assert rc == 0, err
     again = json.loads((out / "report.json").read_text())
-    assert again["copies_reused"] == {"clean": True, "rainy": True, "derained": True}
+    assert again["copies_reused"] == {"clean": True, "rainy": True, "derained": True, "clean_derained": True}
     assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
                                                                                                 "derained")}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
