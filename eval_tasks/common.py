@@ -314,11 +314,18 @@ def finish_report(out: Path, report: dict, title: str, metrics: Sequence[str], c
     """Write report.json, report.md and plot.png to ``out`` and print the table: ``report`` has the copies'
     metric dicts, ``recovered_fraction``, ``notes`` and ``config``; ``per_class`` is ``{copy: {class: value}}``."""
     copies = [c for c in (*COPIES, "clean_derained") if isinstance(report.get(c), dict) and report[c]]
+    if "clean_derained" in copies:  # what deraining costs on images without rain
+        report["clean_cost"] = {m: report["clean"][m] - report["clean_derained"][m] for m in metrics
+                                if isinstance(report["clean"].get(m), float)
+                                and isinstance(report["clean_derained"].get(m), float)}
     table = markdown_table(["copy", *metrics], [[c, *(report[c].get(m) for m in metrics)] for c in copies])
     frac = report["recovered_fraction"]
     frac_line = "recovered fraction (derained - rainy) / (clean - rainy): " + ", ".join(
         f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in frac.items())
     md = [f"# {title}: clean vs rainy vs derained", "", table, "", frac_line, ""]
+    if "clean_cost" in report:
+        md.append("cost of deraining on clean images (clean - clean_derained): " + ", ".join(
+            f"{m} {v:+.4f}" for m, v in report["clean_cost"].items()))
     md += [f"- note: {n}" for n in report.get("notes", [])]
     if per_class:
         classes = sorted({k for v in per_class.values() for k in v})

@@ -295,6 +295,10 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         lambda tmp, final: map_image_tree([rainy / f.relative_to(root) for f in images], rainy, tmp,
                                           derain_fn(derainer, args.tile), "derain"))
     copies = {"clean": (root, True), "rainy": (rainy, rainy_reused), "derained": (derained, derained_reused)}
+    if args.derain_clean:
+        copies["clean_derained"] = cached_copy(
+            cache, f"{root.name}-clean-derained", {"task": "segment", **source, "weights": wsha, "tile": args.tile},
+            lambda tmp, final: map_image_tree(images, root, tmp, derain_fn(derainer, args.tile), "derain clean"))
     model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
     map_id = sha256_file(args.class_map) if args.class_map else None
     masks_id = files_fingerprint(masks, Path(args.masks).absolute())
@@ -352,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", default=None, help="text file with the dataset's class names")
     p.add_argument("--ignore-index", type=int, default=None, help="mask value left out of the metric (void)")
     add_common_args(p, rain_required=True)
+    p.add_argument("--derain-clean", action="store_true",
+                   help="also evaluate the derained clean images (what deraining costs without rain)")
     return p
 
 

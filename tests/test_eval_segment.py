@@ -101,14 +101,16 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
     model = scripted(tmp_path / "seg.torchscript")
     out = tmp_path / "out"
     argv = ["--images", images, "--masks", masks, "--model", model, "--num-classes", 3, "--ignore-index", IGNORE,
-            "--rain", "heavy", "--weights", weights, "--out", out, "--seed", 1]
+            "--rain", "heavy", "--weights", weights, "--out", out, "--seed", 1, "--derain-clean"]
     rc, stdout, err = run(argv, capsys)
     assert rc == 0, err
     assert "| clean |" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["clean"]["miou"] == pytest.approx(1.0)
     assert report["rainy"]["miou"] < 0.9  # heavy rain brightens pixels into the next class
-    for copy in ("clean", "rainy", "derained"):
+    assert set(report["clean_derained"]) == {"miou", "pixel_accuracy"}
+    assert report["clean_cost"]["miou"] == pytest.approx(report["clean"]["miou"] - report["clean_derained"]["miou"])
+    for copy in ("clean", "rainy", "derained", "clean_derained"):
         cm = np.array(report["confusion"][copy], dtype=np.float64)
         assert cm.sum() == 3 * 22 * 36  # every non-void pixel once
         tp = np.diag(cm[:, :3])
@@ -123,7 +125,7 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
     rc, _, err = run(argv, capsys)
     assert rc == 0, err
     again = json.loads((out / "report.json").read_text())
-    assert again["copies_reused"] == {"rainy": True, "derained": True}
+    assert again["copies_reused"] == {"rainy": True, "derained": True, "clean_derained": True}
     assert rainy_file.stat().st_mtime_ns == mtime
     assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
                                                                                                 "derained")}
