@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import aggregation, aggregation_unfold, position, subtraction, subtraction2
+from .fast_forward import BAND_PIXELS, fast_rain_layer
 
 __all__ = ["JDNetConfig", "JDNet", "SAM", "SANBottleneck", "ResidualBlock", "SCConv",
            "SelfCalibratedBottleneck", "JointUnit", "DenseChain"]
@@ -237,15 +238,42 @@ class JDNet(nn.Module):
         self.enterBlock = nn.Sequential(_conv(3, c, 3), _lrelu())
         self.derain_net = DenseChain(self.config)
         self.exitBlock = nn.Sequential(_conv(c, 3, 3), _lrelu())
+        self.impl = "fast"
+        self.inference_dtype: torch.dtype | None = None
 
     def set_attention_impl(self, impl: str) -> "JDNet":
-        """Switch every attention layer between ``"fast"`` (default) and ``"reference"``."""
+        """Switch between ``"fast"`` (default) and ``"reference"``, the straightforward computation.
+
+        ``"fast"``: without gradients, :func:`~jdnet_plugin.archs.fast_forward.fast_rain_layer`;
+        with gradients, the modules with folded attention weights and shift-and-accumulate
+        aggregation. ``"reference"``: the modules with every attention tensor unfolded.
+        """
         if impl not in ("fast", "reference"):
             raise ValueError(f"attention impl must be 'fast' or 'reference', got {impl!r}")
+        self.impl = impl
         for m in self.modules():
             if isinstance(m, SAM):
                 m.impl = impl
         return self
+
+    def optimize_for_inference(self, dtype: torch.dtype | None = None, channels_last: bool = True) -> "JDNet":
+        """Eval mode and the fast path; later calls of the model run under autocast to ``dtype``
+        (``torch.bfloat16`` / ``torch.float16``; None: the parameters' dtype) and return the input's
+        dtype. ``channels_last`` stores the convolution weights channels_last (what cuDNN and oneDNN
+        prefer; the fast path keeps its features channels_last either way). Returns ``self``.
+        """
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"inference dtype must be None, float32, bfloat16 or float16, got {dtype}")
+        self.eval().set_attention_impl("fast")
+        self.inference_dtype = None if dtype == torch.float32 else dtype
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+    def _fast_path(self) -> bool:
+        return (self.impl == "fast" and not torch.is_grad_enabled() and not torch.jit.is_scripting()
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling())
 
     @property
     def min_size(self) -> int:
@@ -255,6 +283,9 @@ class JDNet(nn.Module):
 
     def rain_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted rain layer ``R`` (so that the output is ``x - R``)."""
+        if self._fast_path():
+            band = BAND_PIXELS if x.device.type == "cpu" else x.shape[-2] * x.shape[-1]
+            return fast_rain_layer(self, x, band_pixels=band)
         return self.exitBlock(self.derain_net(self.enterBlock(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +296,11 @@ class JDNet(nn.Module):
                 f"JDNet needs H and W >= {self.min_size} (reflection in the attention window), "
                 f"got {tuple(x.shape[-2:])}"
             )
-        return x - self.rain_layer(x)
+        if self.inference_dtype is None:
+            return x - self.rain_layer(x)
+        with torch.autocast(x.device.type, dtype=self.inference_dtype):
+            rain = self.rain_layer(x)
+        return (x - rain.to(x.dtype)).contiguous()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())

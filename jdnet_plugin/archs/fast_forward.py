@@ -1,0 +1,183 @@
+"""The no-grad forward of JDNet: the same function as the modules' ``forward``, computed with less
+memory traffic (the CPU runs these layers memory-bound).
+
+- Features live in ``channels_last``; every 1x1 convolution is one GEMM over the channels.
+- The dense chain writes each unit's output into one preallocated buffer and each fusion GEMM reads a
+  prefix of it, instead of concatenating all earlier features at every unit.
+- The scale-aggregation fusion applies each 1x1 block at the resolution of its scale (nearest
+  upsampling commutes with a 1x1 convolution) and gathers the partial sums up the pyramid.
+- The attention runs on bands of rows whose ``k*k``-neighbour tensors stay in cache.
+
+Weights are read from the modules at every call (nothing is cached), so this path can never be stale.
+It is used by :meth:`JDNet.forward` when gradients are off; autograd, tracing and export take the
+module path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import _check_size, position
+
+__all__ = ["fast_rain_layer", "sam_attention_banded"]
+
+_SLOPE = 0.2
+# Pixels per band of the attention: its (C, k*k, band) temporaries must stay in cache.
+BAND_PIXELS = 4096
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """A channels_last ``(B, C, H, W)`` tensor as its ``(B, H, W, C)`` storage (a view)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """1x1 convolution of a channels_last tensor as one GEMM; the result is channels_last."""
+    b, c, h, w = x.shape
+    y = F.linear(_nhwc(x).reshape(-1, c), weight.reshape(weight.shape[0], -1), bias)
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,
+                         weight: torch.Tensor, bias: torch.Tensor, kernel_size: int,
+                         band_pixels: int = BAND_PIXELS) -> torch.Tensor:
+    """SAM's attention (relation, folded ``conv_w``, softmax, aggregation) band by band.
+
+    ``x1, x2``: ``(B, r, H, W)`` relation embeddings; ``x3``: ``(B, M, H, W)`` values; ``pos``:
+    ``(1, 2, H, W)`` the position map after ``conv_p``; ``weight``: ``(S, r + 2)`` the product of
+    ``conv_w``'s two 1x1 convolutions, ``bias``: ``(S,)``. Returns ``(B, M, H, W)``.
+    """
+    pad = _check_size(x1, kernel_size)
+    b, r, h, w = x1.shape
+    m = x3.shape[1]
+    s = weight.shape[0]
+    kk = kernel_size * kernel_size
+    dt = x1.dtype
+    pos = pos.to(dt).expand(b, -1, -1, -1)
+    weight, bias = weight.to(dt), bias.to(dt)
+    c = r + 2
+    q1 = torch.cat([x1, pos], 1)
+    q2 = F.pad(torch.cat([x2.to(dt), pos], 1), (pad,) * 4, mode="reflect")
+    vp = F.pad(x3.to(dt), (pad,) * 4, mode="reflect")
+    out = torch.empty(b, m, h, w, dtype=dt, device=x1.device)
+    rows = max(1, band_pixels // w)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        n = (y1 - y0) * w
+        rel = F.unfold(q2[:, :, y0:y1 + 2 * pad], kernel_size).view(b, c, kk, n)
+        rel = torch.sub(q1[:, :, y0:y1].reshape(b, c, 1, n), rel, out=rel)
+        F.leaky_relu_(rel, _SLOPE)
+        logits = torch.matmul(weight, rel.view(b, c, kk * n)).view(b, s, kk, n)
+        att = (logits + bias.view(1, s, 1, 1)).softmax(2)
+        v = F.unfold(vp[:, :, y0:y1 + 2 * pad], kernel_size).view(b, m // s, s, kk, n)
+        v.mul_(att.view(b, 1, s, kk, n))
+        out[:, :, y0:y1] = v.sum(3).view(b, m, y1 - y0, w)
+    return out
+
+
+def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
+    sam = san.sam
+    o = F.leaky_relu_(san.bn1(x), _SLOPE)
+    b, c, h, w = o.shape
+    r, m = sam.conv1.out_channels, sam.conv3.out_channels
+    w123 = torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1)
+    b123 = torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias])
+    # NCHW planes for the attention: (2r + M, C) @ (C, HW) per image.
+    y = torch.matmul(w123, _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
+    y = (y + b123.to(y.dtype)[:, None]).view(b, -1, h, w)
+    _, c1, c2 = sam.conv_w
+    pos = sam.conv_p(position(h, w, device=x.device, dtype=sam.conv_p.weight.dtype))
+    att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos,
+                               c2.weight.flatten(1) @ c1.weight.flatten(1), c2.bias, sam.kernel_size, band_pixels)
+    att = F.leaky_relu_(san.bn2(att), _SLOPE)
+    # conv (M -> C) + x, back to channels_last: (HW, M) @ (M, C) + x per image.
+    out = torch.baddbmm(_nhwc(x).reshape(b, h * w, c), att.reshape(b, m, h * w).transpose(1, 2),
+                        san.conv.weight.flatten(1).t().expand(b, -1, -1))
+    out = out + san.conv.bias.to(out.dtype)
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _nearest_index(n_in: int, n_out: int, device) -> torch.Tensor:
+    """The source rows ``F.interpolate(mode="nearest")`` reads, computed by that same function."""
+    src = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in, 1)
+    return F.interpolate(src, size=(n_out, 1)).view(n_out).long()
+
+
+def _compose(outer: torch.Tensor, inner: torch.Tensor, n_mid: int) -> torch.Tensor | None:
+    """``g`` with ``g[outer] == inner`` (so that reading through ``outer`` then ``g`` equals reading
+    through ``inner``), or None where no such map exists."""
+    g = torch.zeros(n_mid, dtype=torch.long, device=outer.device)
+    g[outer] = inner
+    return g if torch.equal(g[outer], inner) else None
+
+
+def _gather_hw(x: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
+    """``x[:, :, iy][:, :, :, ix]`` of a channels_last tensor, channels_last."""
+    return _nhwc(x).index_select(1, iy).index_select(2, ix).permute(0, 3, 1, 2)
+
+
+def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
+    """``lrelu(conv11(cat(x, up(t_1), ..., up(t_S))))``, each 1x1 block at its own resolution."""
+    conv = unit.conv11[0]
+    c = x.shape[1]
+    wgt = conv.weight.flatten(1)
+    fused = _conv1x1(x, wgt[:, :c], conv.bias)
+    h, w = x.shape[-2:]
+    t, partial = x, []
+    for s, block in enumerate(unit.res_list, 1):
+        t = block(t)
+        partial.append(_conv1x1(t, wgt[:, s * c:(s + 1) * c]))
+    if partial:
+        # Sum the partial products coarse to fine where nearest indices compose exactly.
+        idx = [(_nearest_index(z.shape[2], h, x.device), _nearest_index(z.shape[3], w, x.device))
+               for z in partial]
+        acc, (ay, ax) = partial[-1], idx[-1]
+        for z, (iy, ix) in zip(reversed(partial[:-1]), reversed(idx[:-1])):
+            gy, gx = _compose(iy, ay, z.shape[2]), _compose(ix, ax, z.shape[3])
+            if gy is None or gx is None:
+                fused = fused + _gather_hw(acc, ay, ax)
+                acc = z
+            else:
+                acc = z + _gather_hw(acc, gy, gx)
+            ay, ax = iy, ix
+        fused = fused + _gather_hw(acc, ay, ax)
+    return F.leaky_relu_(fused, _SLOPE)
+
+
+def _self_calibrated(scn, x: torch.Tensor) -> torch.Tensor:
+    a = scn.k1(F.leaky_relu_(_conv1x1(x, scn.conv1_a.weight, scn.conv1_a.bias), _SLOPE))
+    b = scn.scconv(F.leaky_relu_(_conv1x1(x, scn.conv1_b.weight, scn.conv1_b.bias), _SLOPE))
+    half = a.shape[1]
+    w3 = scn.conv3.weight.flatten(1)
+    out = _conv1x1(a, w3[:, :half], scn.conv3.bias) + _conv1x1(b, w3[:, half:])
+    return F.leaky_relu_(out + x, _SLOPE)
+
+
+def _unit(unit, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
+    if hasattr(unit, "san"):
+        x = _san(unit.san, x, band_pixels)
+    fused = _scale_fusion(unit, x) + x
+    return _self_calibrated(unit.scn, fused) if hasattr(unit, "scn") else fused
+
+
+def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
+    """``model.rain_layer(x)`` of a :class:`JDNet` without autograd; see the module docstring.
+
+    ``band_pixels``: pixels per band of the attention (small on CPU for the cache, the whole image
+    on a GPU)."""
+    feat = model.enterBlock(x.contiguous(memory_format=torch.channels_last))
+    chain = model.derain_net
+    b, c, h, w = feat.shape
+    n = len(chain.units)
+    buf = torch.empty(b, h, w, (n + 1) * c, dtype=feat.dtype, device=feat.device)
+    flat = buf.view(-1, (n + 1) * c)
+    buf[..., :c] = _nhwc(feat)
+    out = feat
+    for i, (unit, fuse) in enumerate(zip(chain.units, chain.conv1x1)):
+        buf[..., (i + 1) * c:(i + 2) * c] = _nhwc(_unit(unit, out, band_pixels))
+        conv = fuse[0]
+        y = F.linear(flat[:, :(i + 2) * c], conv.weight.flatten(1), conv.bias)
+        out = F.leaky_relu_(y, _SLOPE).view(b, h, w, c).permute(0, 3, 1, 2)
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    return model.exitBlock(out).contiguous(memory_format=fmt)
