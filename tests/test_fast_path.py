@@ -1,0 +1,137 @@
+"""The fast paths of JDNet against the straightforward (reference) computation."""
+import pytest
+import torch
+
+from jdnet_plugin.archs import JDNet
+from jdnet_plugin.archs.fast_forward import _compose, _nearest_index, fast_rain_layer, sam_attention_banded
+from jdnet_plugin.registry import create_model
+
+TINY = dict(units=2, scales=2)
+PRESETS = ["jdnet-lite", "jdnet-no-sa", "jdnet-no-sa-sc"]
+
+
+def _model(name: str, seed: int = 0, **overrides) -> JDNet:
+    torch.manual_seed(seed)
+    m = create_model(name, **{**TINY, **overrides})
+    for mod in m.modules():  # non-trivial BatchNorm statistics, so eval mode is really tested
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(mod.bias, -0.3, 0.3)
+    return m
+
+
+def _rain(m: JDNet, x: torch.Tensor, impl: str) -> torch.Tensor:
+    m.set_attention_impl(impl)
+    with torch.no_grad():
+        return m.rain_layer(x)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("size", [(9, 13), (16, 16), (7, 4)])
+def test_fast_forward_equals_reference(name, size):
+    m = _model(name).eval()
+    if min(size) < m.min_size:
+        pytest.skip("below the attention window")
+    x = torch.rand(2, 3, *size)
+    ref, fast = _rain(m, x, "reference"), _rain(m, x, "fast")
+    assert ref.abs().max() > 1e-3  # a non-trivial output
+    assert (fast - ref).abs().max() <= 1e-4
+    assert fast.is_contiguous()
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), x - fast, rtol=0, atol=1e-6)
+
+
+def test_fast_forward_paper_width_and_four_scales():
+    # The paper's channel layout (rel 2, mid 8) and the full scale pyramid, where the nearest
+    # upsampling maps compose for some levels of 37x50 and not for others.
+    m = _model("jdnet", units=1, scales=4).eval()
+    x = torch.rand(1, 3, 37, 50)
+    assert (_rain(m, x, "fast") - _rain(m, x, "reference")).abs().max() <= 1e-4
+
+
+def test_nearest_composition_detects_both_cases():
+    assert _compose(_nearest_index(8, 16, "cpu"), _nearest_index(4, 16, "cpu"), 8) is not None
+    assert _compose(_nearest_index(5, 9, "cpu"), _nearest_index(3, 9, "cpu"), 5) is None
+
+
+@pytest.mark.parametrize("band", [1, 13, 50, 10_000])
+def test_banded_attention_is_independent_of_band_size(band):
+    torch.manual_seed(band)
+    x1, x2 = torch.randn(2, 2, 2, 10, 13).unbind(0)
+    x3, pos = torch.randn(2, 8, 10, 13), torch.randn(1, 2, 10, 13)
+    wt, b = torch.randn(2, 4), torch.randn(2)
+    one = sam_attention_banded(x1, x2, x3, pos, wt, b, 7, band_pixels=10 * 13)
+    torch.testing.assert_close(sam_attention_banded(x1, x2, x3, pos, wt, b, 7, band_pixels=band), one)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_fast_gradients_equal_reference(name):
+    x = torch.rand(2, 3, 9, 13)
+    grads, outs = {}, {}
+    for impl in ("reference", "fast"):
+        m = _model(name).train().set_attention_impl(impl)
+        out = m(x)
+        (out ** 2).mean().backward()
+        outs[impl] = out.detach()
+        grads[impl] = {k: p.grad for k, p in m.named_parameters()}
+    assert (outs["fast"] - outs["reference"]).abs().max() <= 1e-4
+    for k, g in grads["reference"].items():
+        torch.testing.assert_close(grads["fast"][k], g, rtol=1e-3, atol=1e-5, msg=k)
+
+
+def test_fast_path_follows_weight_changes():
+    m = _model("jdnet-lite").eval()
+    x = torch.rand(1, 3, 9, 13)
+    before = _rain(m, x, "fast")
+    # an optimiser step changes the weights in place
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m(x).abs().mean().backward()
+    opt.step()
+    m.eval()
+    after, ref = _rain(m, x, "fast"), _rain(m, x, "reference")
+    assert (after - before).abs().max() > 1e-4
+    assert (after - ref).abs().max() <= 1e-4
+    # and so does load_state_dict
+    other = _model("jdnet-lite", seed=1).eval()
+    m.load_state_dict(other.state_dict())
+    assert (_rain(m, x, "fast") - _rain(other, x, "reference")).abs().max() <= 1e-4
+
+
+def test_fast_path_only_without_grad():
+    m = _model("jdnet-lite").eval()
+    x = torch.rand(1, 3, 9, 13)
+    assert m(x).requires_grad  # grad mode: the differentiable module path
+    with torch.no_grad():
+        assert m._fast_path()
+        m.set_attention_impl("reference")
+        assert not m._fast_path()
+
+
+def test_bf16_autocast_on_cpu_is_close():
+    m = _model("jdnet-lite").eval()
+    x = torch.rand(2, 3, 12, 17)
+    with torch.inference_mode():
+        ref = m(x)
+        m.optimize_for_inference(dtype=torch.bfloat16)
+        out = m(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert (out - ref).abs().max() < 0.05
+    assert (out - ref).abs().max() > 0  # it really ran in bfloat16
+    # state_dict is unchanged by the channels_last weights
+    assert all(v.shape == w.shape for v, w in zip(m.state_dict().values(), _model("jdnet-lite").state_dict().values()))
+
+
+def test_optimize_for_inference_rejects_bad_dtype():
+    with pytest.raises(ValueError, match="dtype"):
+        _model("jdnet-lite").optimize_for_inference(dtype=torch.int8)
+
+
+def test_fast_rain_layer_keeps_channels_last_input_layout():
+    m = _model("jdnet-lite").eval()
+    x = torch.rand(2, 3, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = fast_rain_layer(m, x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
