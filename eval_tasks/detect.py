@@ -38,6 +38,7 @@ from tqdm import tqdm
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
                                recovered_fraction, sha256_file, to_jsonable)
+from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["YoloDataset", "read_yolo_dataset", "build_detection_copies", "val_metrics", "evaluate_dataset",
            "evaluate_footage", "detections_map", "build_parser", "main"]
@@ -237,15 +238,15 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
     model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
     results, reused = {}, {}
     for copy, (folder, was_cached) in copies.items():
-        key = {"copy": folder.name, "model": model_id, "imgsz": args.imgsz, "batch": args.batch}
+        key = {"copy": folder.name, "model": model_id, "imgsz": args.imgsz, "batch": args.batch,
+               "device": str(args.device)}
         mfile = cache / f"metrics-{copy}-{digest(key, 12)}.json"
         if mfile.is_file():
             results[copy] = json.loads(mfile.read_text())
         else:
             results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, args.imgsz,
                                         args.batch, args.device, args.workers)
-            mfile.parent.mkdir(parents=True, exist_ok=True)
-            mfile.write_text(json.dumps(results[copy]))
+            atomic_write_text(mfile, json.dumps(results[copy]))
         reused[copy] = was_cached
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     report = {
@@ -262,7 +263,7 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
         "copies_reused": reused,
     }
     finish_report(out, report, "Detection", METRICS, "map50_95",
-            {c: {k: v["map50_95"] for k, v in results[c]["per_class"].items()} for c in results})
+                  {c: {k: v["map50_95"] for k, v in results[c]["per_class"].items()} for c in results})
     return 0
 
 
@@ -503,8 +504,6 @@ def evaluate_footage(args: argparse.Namespace) -> int:
 
 
 def _write_frames(out: Path, rows: list[dict]) -> None:
-    from jdnet_plugin.utils.atomic import atomic_write_text
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, load_derainer, markdown_table,
                                pick_device, resolve_weights_file, sha256_file, to_jsonable, write_report)
+from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "measure", "evaluate_restoration", "build_parser", "main"]
 
@@ -138,8 +139,7 @@ def evaluate_restoration(args: argparse.Namespace) -> int:
             else:
                 model = None if wfile is None else load_derainer(wfile, device)[0]
                 values = _per_image(ds, model, device, args.tile, f"{name}: {label}", args.max_images)
-                cfile.parent.mkdir(parents=True, exist_ok=True)
-                cfile.write_text(json.dumps(to_jsonable(values)))
+                atomic_write_text(cfile, json.dumps(to_jsonable(values)))
             values = {k: {c: float(v) for c, v in d.items()} for k, d in values.items()}
             table[name][label] = _mean(values)
             per_image[name][label] = values

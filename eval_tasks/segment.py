@@ -34,6 +34,7 @@ from tqdm import tqdm
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
                                recovered_fraction, sha256_file)
+from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["load_segmenter", "Segmenter", "read_class_map", "pair_masks", "confusion_matrix", "iou_from_confusion",
            "evaluate_segmentation", "build_parser", "main"]
@@ -112,7 +113,9 @@ class Segmenter(nn.Module):
         h, w = x.shape[-2:]
         if self.mean is not None:
             x = (x - self.mean.to(x)) / self.std.to(x)
-        out = self.model(pad_to_multiple(x, self.multiple))
+        x = pad_to_multiple(x, self.multiple)
+        padded = tuple(x.shape[-2:])
+        out = self.model(x)
         if isinstance(out, dict):
             out = out.get("out", next(iter(out.values())))
         elif isinstance(out, (list, tuple)):
@@ -120,7 +123,8 @@ class Segmenter(nn.Module):
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             raise EvalError(f"the segmentation model returned {type(out).__name__} "
                             f"{tuple(getattr(out, 'shape', ()))}, expected logits (B, C, H, W)")
-        out = out[..., :h, :w] if out.shape[-2:] != (h, w) and out.shape[-2] >= h and out.shape[-1] >= w else out
+        if tuple(out.shape[-2:]) == padded:
+            out = out[..., :h, :w]
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out.float(), size=(h, w), mode="bilinear", align_corners=False)
         return out
@@ -305,15 +309,14 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
     results: dict[str, dict] = {}
     for copy, (folder, _) in copies.items():
         key = {"copy": source if copy == "clean" else folder.name, "model": model_id, "map": map_id,
-               "n": args.num_classes, "ignore": args.ignore_index, "masks": masks_id}
+               "n": args.num_classes, "ignore": args.ignore_index, "masks": masks_id, "device": str(args.device)}
         mfile = cache / f"metrics-seg-{copy}-{digest(key, 12)}.json"
         if mfile.is_file():
             cm = torch.tensor(json.loads(mfile.read_text())["confusion"])
         else:
             files = [folder / f.relative_to(root) for f in images]
             cm = _evaluate_copy(seg, files, masks, args.num_classes, args.ignore_index, lut, device, copy, check)
-            mfile.parent.mkdir(parents=True, exist_ok=True)
-            mfile.write_text(json.dumps({"confusion": cm.tolist()}))
+            atomic_write_text(mfile, json.dumps({"confusion": cm.tolist()}))
         iou, present = iou_from_confusion(cm)
         results[copy] = {
             "miou": float(iou[present].mean()) if present.any() else None,
