@@ -122,8 +122,19 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
             f"with kernel_size {kernel_size} (expected (B, S, {k2}, {h * w}) with C divisible by S)"
         )
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
-    out = _ShiftAggregate.apply(xp, weight.reshape(b, 1, s, k2, h, w), kernel_size)
+    weight = weight.reshape(b, 1, s, k2, h, w)
+    if _exporting():
+        # Plain tensor operations, which tracers and exporters record (the Function is opaque to them).
+        out = sum(xp[..., i:i + h, j:j + w] * weight[:, :, :, i * kernel_size + j]
+                  for i in range(kernel_size) for j in range(kernel_size))
+    else:
+        out = _ShiftAggregate.apply(xp, weight, kernel_size)
     return out.reshape(b, c, h, w)
+
+
+def _exporting() -> bool:
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
 
 
 def aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
