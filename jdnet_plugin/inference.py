@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_PIXELS", "DTYPES", "derain_tensor", "tile_starts", "tile_weights", "derain", "get_model"]
+__all__ = ["MAX_PIXELS", "DTYPES", "derain_tensor", "tile_starts", "balanced_tile", "tile_weights", "derain",
+           "get_model"]
 
-# Pixels per forward call (batch x H x W) before tiling: about 1 MP, a few GB of activations for the full
-# JDNet in float32.
+# Pixels per forward call (batch x H x W) before tiling: 1 MP. Measured on CPU, float32, no grad: the full
+# JDNet adds about 390 MiB of peak memory at 256x256; jdnet-lite 680 MiB at 768x768 untiled, 140 MiB tiled.
 MAX_PIXELS = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,6 +49,17 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     if size <= tile:
         return [0]
     return list(range(0, size - tile, tile - overlap)) + [size - tile]
+
+
+def balanced_tile(size: int, tile: int, overlap: int) -> int:
+    """The smallest tile length (<= ``tile``) that covers ``size`` with as few tiles as ``tile`` needs.
+
+    640 pixels with ``tile=512, overlap=32`` take two tiles either way: of 336, not of 512 (less work).
+    """
+    if size <= tile:
+        return size
+    n = math.ceil((size - overlap) / (tile - overlap))
+    return math.ceil((size - overlap) / n) + overlap
 
 
 def tile_weights(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -134,7 +146,7 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
 def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, n_max: int, max_pixels: int,
            device: torch.device, compute: torch.dtype, autocast: torch.dtype | None) -> torch.Tensor:
     b, _, h, w = x.shape
-    th, tw = min(tile, h), min(tile, w)
+    th, tw = balanced_tile(h, tile, overlap), balanced_tile(w, tile, overlap)
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     boxes = [(y0, x0) for y0 in ys for x0 in xs]
     weights = {(y0, x0): (tile_weights(th, overlap, y0 == 0, y0 + th == h)[:, None]

@@ -6,6 +6,7 @@ import torch
 from jdnet_plugin import create_model, list_weights, save_checkpoint
 from jdnet_plugin.cli.derain import main
 from jdnet_plugin.io import read_image, write_image
+from jdnet_plugin.metrics import psnr
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_tiled_output_matches_untiled(tmp_path, weights):
     main([str(tmp_path / "big.png"), "--out", str(tmp_path / "b"), "--weights", str(weights), "--device", "cpu",
           "--max-pixels", "2500", "--overlap", "16"])
     a, b = read_image(tmp_path / "a" / "big.png"), read_image(tmp_path / "b" / "big.png")
-    assert np.abs(a.astype(int) - b).max() <= 1
+    assert float(psnr(a, b, "rgb")) >= 45 and np.abs(a.astype(int) - b).max() <= 3
 
 
 def test_never_overwrites_inputs(tmp_path, weights, capsys):

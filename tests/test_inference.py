@@ -6,7 +6,7 @@ from torch import nn
 
 import jdnet_plugin
 from jdnet_plugin import create_model, save_checkpoint
-from jdnet_plugin.inference import derain, derain_tensor, get_model, tile_starts, tile_weights
+from jdnet_plugin.inference import balanced_tile, derain, derain_tensor, get_model, tile_starts, tile_weights
 from jdnet_plugin.metrics import psnr
 
 
@@ -40,6 +40,9 @@ class _Recorder(nn.Module):
 def test_tile_layout_and_weights():
     assert tile_starts(100, 64, 32) == [0, 32, 36]
     assert tile_starts(50, 64, 32) == [0]
+    # Auto-sized tiles: as many as `tile` needs, no larger than necessary.
+    assert balanced_tile(640, 512, 32) == 336 and tile_starts(640, 336, 32) == [0, 304]
+    assert balanced_tile(500, 512, 32) == 500
     # Two tiles overlapping by exactly `overlap` blend with weights summing to 1.
     a = tile_weights(64, 16, at_start=True, at_end=False)
     b = tile_weights(64, 16, at_start=False, at_end=True)
