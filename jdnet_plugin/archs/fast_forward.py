@@ -6,7 +6,8 @@ memory traffic (the CPU runs these layers memory-bound).
   prefix of it, instead of concatenating all earlier features at every unit.
 - The scale-aggregation fusion applies each 1x1 block at the resolution of its scale (nearest
   upsampling commutes with a 1x1 convolution) and gathers the partial sums up the pyramid.
-- The attention runs on bands of rows whose ``k*k``-neighbour tensors stay in cache.
+- The attention runs on bands of rows whose ``k*k``-neighbour tensors stay in cache, reading the
+  neighbours through strided views (no unfold copies).
 
 Weights are read from the modules at every call (nothing is cached), so this path can never be stale.
 It is used by :meth:`JDNet.forward` when gradients are off; autograd, tracing and export take the
@@ -23,7 +24,7 @@ __all__ = ["fast_rain_layer", "sam_attention_banded"]
 
 _SLOPE = 0.2
 # Pixels per band of the attention: its (C, k*k, band) temporaries must stay in cache.
-BAND_PIXELS = 4096
+BAND_PIXELS = 2048
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,9 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     ``x1, x2``: ``(B, r, H, W)`` relation embeddings; ``x3``: ``(B, M, H, W)`` values; ``pos``:
     ``(1, 2, H, W)`` the position map after ``conv_p``; ``weight``: ``(S, r + 2)`` the product of
     ``conv_w``'s two 1x1 convolutions, ``bias``: ``(S,)``. Returns ``(B, M, H, W)``.
+
+    ``bias`` is constant over the window, so the softmax cancels it; it is accepted for the
+    signature's sake (the module path adds it).
     """
     pad = _check_size(x1, kernel_size)
     b, r, h, w = x1.shape
@@ -54,7 +58,7 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     kk = kernel_size * kernel_size
     dt = x1.dtype
     pos = pos.to(dt).expand(b, -1, -1, -1)
-    weight, bias = weight.to(dt), bias.to(dt)
+    weight = weight.to(dt)
     c = r + 2
     q1 = torch.cat([x1, pos], 1)
     q2 = F.pad(torch.cat([x2.to(dt), pos], 1), (pad,) * 4, mode="reflect")
@@ -63,15 +67,18 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     rows = max(1, band_pixels // w)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        n = (y1 - y0) * w
-        rel = F.unfold(q2[:, :, y0:y1 + 2 * pad], kernel_size).view(b, c, kk, n)
-        rel = torch.sub(q1[:, :, y0:y1].reshape(b, c, 1, n), rel, out=rel)
+        n, k = (y1 - y0) * w, kernel_size
+        # (B, C, k, k, rows, W) views of every neighbour: strided windows, no copies.
+        win = q2[:, :, y0:y1 + 2 * pad].unfold(2, k, 1).unfold(3, k, 1).permute(0, 1, 4, 5, 2, 3)
+        rel = torch.empty(b, c, k, k, y1 - y0, w, dtype=dt, device=x1.device)
+        torch.sub(q1[:, :, None, None, y0:y1], win, out=rel)
         F.leaky_relu_(rel, _SLOPE)
-        logits = torch.matmul(weight, rel.view(b, c, kk * n)).view(b, s, kk, n)
-        att = (logits + bias.view(1, s, 1, 1)).softmax(2)
-        v = F.unfold(vp[:, :, y0:y1 + 2 * pad], kernel_size).view(b, m // s, s, kk, n)
-        v.mul_(att.view(b, 1, s, kk, n))
-        out[:, :, y0:y1] = v.sum(3).view(b, m, y1 - y0, w)
+        logits = torch.bmm(weight.expand(b, -1, -1), rel.view(b, c, kk * n)).view(b, s, kk, n)
+        att = logits.softmax(2).view(b, 1, s, k, k, y1 - y0, w)
+        val = vp[:, :, y0:y1 + 2 * pad].unfold(2, k, 1).unfold(3, k, 1).permute(0, 1, 4, 5, 2, 3)
+        prod = torch.empty(b, m // s, s, k, k, y1 - y0, w, dtype=dt, device=x1.device)
+        torch.mul(val.view(b, m // s, s, k, k, y1 - y0, w), att, out=prod)
+        torch.sum(prod, (3, 4), out=out[:, :, y0:y1].view(b, m // s, s, y1 - y0, w))
     return out
 
 
@@ -83,7 +90,7 @@ def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     w123 = torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1)
     b123 = torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias])
     # NCHW planes for the attention: (2r + M, C) @ (C, HW) per image.
-    y = torch.matmul(w123, _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
+    y = torch.bmm(w123.to(o.dtype).expand(b, -1, -1), _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
     y = (y + b123.to(y.dtype)[:, None]).view(b, -1, h, w)
     _, c1, c2 = sam.conv_w
     pos = sam.conv_p(position(h, w, device=x.device, dtype=sam.conv_p.weight.dtype))
@@ -93,7 +100,7 @@ def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     # conv (M -> C) + x, back to channels_last: (HW, M) @ (M, C) + x per image.
     out = torch.baddbmm(_nhwc(x).reshape(b, h * w, c), att.reshape(b, m, h * w).transpose(1, 2),
                         san.conv.weight.flatten(1).t().expand(b, -1, -1))
-    out = out + san.conv.bias.to(out.dtype)
+    out = out.add_(san.conv.bias)
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -138,7 +145,7 @@ def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
                 fused = fused + _gather_hw(acc, ay, ax)
                 acc = z
             else:
-                acc = z + _gather_hw(acc, gy, gx)
+                acc = z.add_(_gather_hw(acc, gy, gx))
             ay, ax = iy, ix
         fused = fused + _gather_hw(acc, ay, ax)
     return F.leaky_relu_(fused, _SLOPE)
@@ -149,14 +156,14 @@ def _self_calibrated(scn, x: torch.Tensor) -> torch.Tensor:
     b = scn.scconv(F.leaky_relu_(_conv1x1(x, scn.conv1_b.weight, scn.conv1_b.bias), _SLOPE))
     half = a.shape[1]
     w3 = scn.conv3.weight.flatten(1)
-    out = _conv1x1(a, w3[:, :half], scn.conv3.bias) + _conv1x1(b, w3[:, half:])
-    return F.leaky_relu_(out + x, _SLOPE)
+    out = _conv1x1(a, w3[:, :half], scn.conv3.bias).add_(_conv1x1(b, w3[:, half:])).add_(x)
+    return F.leaky_relu_(out, _SLOPE)
 
 
 def _unit(unit, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     if hasattr(unit, "san"):
         x = _san(unit.san, x, band_pixels)
-    fused = _scale_fusion(unit, x) + x
+    fused = _scale_fusion(unit, x).add_(x)
     return _self_calibrated(unit.scn, fused) if hasattr(unit, "scn") else fused
 
 

@@ -256,16 +256,19 @@ class JDNet(nn.Module):
                 m.impl = impl
         return self
 
-    def optimize_for_inference(self, dtype: torch.dtype | None = None, channels_last: bool = True) -> "JDNet":
+    def optimize_for_inference(self, dtype: torch.dtype | None = None, channels_last: bool | None = None) -> "JDNet":
         """Eval mode and the fast path; later calls of the model run under autocast to ``dtype``
         (``torch.bfloat16`` / ``torch.float16``; None: the parameters' dtype) and return the input's
-        dtype. ``channels_last`` stores the convolution weights channels_last (what cuDNN and oneDNN
-        prefer; the fast path keeps its features channels_last either way). Returns ``self``.
+        dtype. ``channels_last`` stores the convolution weights channels_last (cuDNN prefers it; None:
+        only when the parameters are on a GPU). The fast path keeps its features channels_last either
+        way. Returns ``self``.
         """
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"inference dtype must be None, float32, bfloat16 or float16, got {dtype}")
         self.eval().set_attention_impl("fast")
         self.inference_dtype = None if dtype == torch.float32 else dtype
+        if channels_last is None:
+            channels_last = next(self.parameters()).device.type == "cuda"
         if channels_last:
             self.to(memory_format=torch.channels_last)
         return self
