@@ -32,11 +32,19 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
+def _mm(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+        out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x2d @ weight.T (+ bias)``, in the activations' dtype; ``out`` may be a strided column block
+    (BLAS writes it in place). The bias is added afterwards: ``addmm`` broadcasts it slowly."""
+    w = weight.reshape(weight.shape[0], -1).to(x2d.dtype).t()
+    y = torch.mm(x2d, w) if out is None else torch.mm(x2d, w, out=out)
+    return y if bias is None else y.add_(bias)
+
+
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution of a channels_last tensor as one GEMM; the result is channels_last."""
     b, c, h, w = x.shape
-    y = F.linear(_nhwc(x).reshape(-1, c), weight.reshape(weight.shape[0], -1), bias)
-    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return _mm(_nhwc(x).reshape(-1, c), weight, bias).view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,
@@ -91,17 +99,20 @@ def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     b123 = torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias])
     # NCHW planes for the attention: (2r + M, C) @ (C, HW) per image.
     y = torch.bmm(w123.to(o.dtype).expand(b, -1, -1), _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
-    y = (y + b123.to(y.dtype)[:, None]).view(b, -1, h, w)
+    y = y.add_(b123[:, None]).view(b, -1, h, w)
     _, c1, c2 = sam.conv_w
     pos = sam.conv_p(position(h, w, device=x.device, dtype=sam.conv_p.weight.dtype))
     att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos,
                                c2.weight.flatten(1) @ c1.weight.flatten(1), c2.bias, sam.kernel_size, band_pixels)
     att = F.leaky_relu_(san.bn2(att), _SLOPE)
-    # conv (M -> C) + x, back to channels_last: (HW, M) @ (M, C) + x per image.
-    out = torch.baddbmm(_nhwc(x).reshape(b, h * w, c), att.reshape(b, m, h * w).transpose(1, 2),
-                        san.conv.weight.flatten(1).t().expand(b, -1, -1))
-    out = out.add_(san.conv.bias)
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    # conv (M -> C) + x, channels_last: x += (HW, M) @ (M, C) per image, in place (x is not needed
+    # after this).
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = _nhwc(x).view(b, h * w, c)
+    out.baddbmm_(att.to(out.dtype).reshape(b, m, h * w).transpose(1, 2),
+                 san.conv.weight.flatten(1).t().to(out.dtype).expand(b, -1, -1))
+    out.add_(san.conv.bias)
+    return x
 
 
 def _nearest_index(n_in: int, n_out: int, device) -> torch.Tensor:
@@ -151,20 +162,27 @@ def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu_(fused, _SLOPE)
 
 
-def _self_calibrated(scn, x: torch.Tensor) -> torch.Tensor:
+def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The self-calibrated bottleneck; the result as ``(B*H*W, C)``, written into ``out`` if given."""
     a = scn.k1(F.leaky_relu_(_conv1x1(x, scn.conv1_a.weight, scn.conv1_a.bias), _SLOPE))
     b = scn.scconv(F.leaky_relu_(_conv1x1(x, scn.conv1_b.weight, scn.conv1_b.bias), _SLOPE))
-    half = a.shape[1]
+    half, c = a.shape[1], x.shape[1]
     w3 = scn.conv3.weight.flatten(1)
-    out = _conv1x1(a, w3[:, :half], scn.conv3.bias).add_(_conv1x1(b, w3[:, half:])).add_(x)
-    return F.leaky_relu_(out, _SLOPE)
+    y = _mm(_nhwc(a).reshape(-1, half), w3[:, :half], out=out)
+    y.addmm_(_nhwc(b).reshape(-1, half), w3[:, half:].t().to(y.dtype))
+    y.add_(scn.conv3.bias).add_(_nhwc(x).reshape(-1, c))
+    return F.leaky_relu_(y, _SLOPE)
 
 
-def _unit(unit, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
+def _unit(unit, x: torch.Tensor, band_pixels: int, out: torch.Tensor) -> None:
+    """One joint unit; its output is written into ``out`` ``(B*H*W, C)``."""
     if hasattr(unit, "san"):
         x = _san(unit.san, x, band_pixels)
     fused = _scale_fusion(unit, x).add_(x)
-    return _self_calibrated(unit.scn, fused) if hasattr(unit, "scn") else fused
+    if hasattr(unit, "scn"):
+        _self_calibrated(unit.scn, fused, out)
+    else:
+        out.copy_(_nhwc(fused).reshape(out.shape))
 
 
 def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
@@ -181,9 +199,8 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
     buf[..., :c] = _nhwc(feat)
     out = feat
     for i, (unit, fuse) in enumerate(zip(chain.units, chain.conv1x1)):
-        buf[..., (i + 1) * c:(i + 2) * c] = _nhwc(_unit(unit, out, band_pixels))
-        conv = fuse[0]
-        y = F.linear(flat[:, :(i + 2) * c], conv.weight.flatten(1), conv.bias)
+        _unit(unit, out, band_pixels, flat[:, (i + 1) * c:(i + 2) * c])
+        y = _mm(flat[:, :(i + 2) * c], fuse[0].weight, fuse[0].bias)
         out = F.leaky_relu_(y, _SLOPE).view(b, h, w, c).permute(0, 3, 1, 2)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format

@@ -1,0 +1,126 @@
+"""Training steps per second of JDNet at the authors' patch size (64x64), fast against reference.
+
+A step is forward, the negative-SSIM loss (the authors' default), backward and an Adam update, on
+random images. Each (preset, impl) runs in a fresh subprocess, alternating, median of ``--repeats``.
+
+    python benchmarks/bench_train.py                     # both presets, batch 16, 2 threads
+
+Writes ``benchmarks/results/train-<tag>.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from jdnet_plugin.losses import ssim_loss
+    from jdnet_plugin.registry import create_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model(args.preset).train().set_attention_impl(args.impl).to(args.device)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    g = torch.Generator().manual_seed(1)
+    rain = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
+    clean = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = ssim_loss(model(rain), clean)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    step()  # warm-up
+    sync()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    print(json.dumps({"seconds_per_step": (time.perf_counter() - t) / args.steps}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", action="append", help="default: jdnet and jdnet-lite")
+    p.add_argument("--impl", choices=("both", "fast", "reference"), default="both")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per subprocess")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE")
+    p.add_argument("--tag", default="cpu")
+    p.add_argument("--note", default="")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.preset = args.preset[0]
+        child(args)
+        return 0
+    import torch
+
+    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": args.omp_wait_policy}
+    rows = []
+    for preset in args.preset or ["jdnet", "jdnet-lite"]:
+        runs: dict[str, list[float]] = {i: [] for i in impls}
+        for r in range(args.repeats):
+            for impl in (impls if r % 2 == 0 else impls[::-1]):
+                cmd = [sys.executable, __file__, "--child", "--preset", preset, "--impl", impl,
+                       "--batch", str(args.batch), "--patch", str(args.patch), "--steps", str(args.steps),
+                       "--threads", str(args.threads), "--device", args.device]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode:
+                    print(f"{preset} {impl}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                    continue
+                sec = json.loads(proc.stdout.strip().splitlines()[-1])["seconds_per_step"]
+                runs[impl].append(sec)
+                print(f"{preset} {impl}: {sec:.3f} s/step", flush=True)
+        row = {"preset": preset, "batch": args.batch, "patch": args.patch, "threads": args.threads,
+               "device": args.device}
+        for impl, secs in runs.items():
+            if secs:
+                med = statistics.median(secs)
+                row[impl] = {"seconds_per_step_median": med, "steps_per_s": 1 / med, "seconds_all": secs}
+        if all(i in row for i in ("fast", "reference")):
+            row["speedup"] = row["reference"]["seconds_per_step_median"] / row["fast"]["seconds_per_step_median"]
+        rows.append(row)
+    result = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
+              "omp_wait_policy": args.omp_wait_policy, "loadavg_at_end": os.getloadavg(),
+              "torch": torch.__version__, "note": args.note, "rows": rows}
+    lines = [f"# JDNet training-step benchmark ({result['date']})", "",
+             f"`{result['command']}`; torch {result['torch']}, {result['cpu_count']} CPUs, load average at the end "
+             f"{', '.join(f'{v:.1f}' for v in result['loadavg_at_end'])}. {args.note}", "",
+             "| preset | batch x patch | impl | s/step (median) | steps/s | speedup |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        for impl in impls:
+            if impl in row:
+                sp = f"{row['speedup']:.1f}x" if impl == "fast" and "speedup" in row else ""
+                lines.append(f"| {row['preset']} | {row['batch']} x {row['patch']}x{row['patch']} | {impl} | "
+                             f"{row[impl]['seconds_per_step_median']:.3f} | {row[impl]['steps_per_s']:.3f} | {sp} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"train-{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"train-{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
