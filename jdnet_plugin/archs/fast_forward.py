@@ -72,19 +72,21 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     q2 = F.pad(torch.cat([x2.to(dt), pos], 1), (pad,) * 4, mode="reflect")
     vp = F.pad(x3.to(dt), (pad,) * 4, mode="reflect")
     out = torch.empty(b, m, h, w, dtype=dt, device=x1.device)
-    rows = max(1, band_pixels // w)
+    rows = max(1, min(h, band_pixels // w))
+    # One scratch buffer for all bands: fresh multi-MB tensors per band cost page faults.
+    scratch = torch.empty(b * (c + m) * kk * rows * w, dtype=dt, device=x1.device)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         n, k = (y1 - y0) * w, kernel_size
         # (B, C, k, k, rows, W) views of every neighbour: strided windows, no copies.
         win = q2[:, :, y0:y1 + 2 * pad].unfold(2, k, 1).unfold(3, k, 1).permute(0, 1, 4, 5, 2, 3)
-        rel = torch.empty(b, c, k, k, y1 - y0, w, dtype=dt, device=x1.device)
+        rel = scratch[:b * c * kk * n].view(b, c, k, k, y1 - y0, w)
         torch.sub(q1[:, :, None, None, y0:y1], win, out=rel)
         F.leaky_relu_(rel, _SLOPE)
         logits = torch.bmm(weight.expand(b, -1, -1), rel.view(b, c, kk * n)).view(b, s, kk, n)
         att = logits.softmax(2).view(b, 1, s, k, k, y1 - y0, w)
         val = vp[:, :, y0:y1 + 2 * pad].unfold(2, k, 1).unfold(3, k, 1).permute(0, 1, 4, 5, 2, 3)
-        prod = torch.empty(b, m // s, s, k, k, y1 - y0, w, dtype=dt, device=x1.device)
+        prod = scratch[b * c * kk * n:b * (c + m) * kk * n].view(b, m // s, s, k, k, y1 - y0, w)
         torch.mul(val.view(b, m // s, s, k, k, y1 - y0, w), att, out=prod)
         torch.sum(prod, (3, 4), out=out[:, :, y0:y1].view(b, m // s, s, y1 - y0, w))
     return out
@@ -188,8 +190,7 @@ def _unit(unit, x: torch.Tensor, band_pixels: int, out: torch.Tensor) -> None:
 def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
     """``model.rain_layer(x)`` of a :class:`JDNet` without autograd; see the module docstring.
 
-    ``band_pixels``: pixels per band of the attention (small on CPU for the cache, the whole image
-    on a GPU)."""
+    ``band_pixels``: pixels per band of the attention (small on CPU for the cache, large on a GPU)."""
     feat = model.enterBlock(x.contiguous(memory_format=torch.channels_last))
     chain = model.derain_net
     b, c, h, w = feat.shape
