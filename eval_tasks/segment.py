@@ -24,7 +24,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
                                recovered_fraction, sha256_file)
+from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["load_segmenter", "Segmenter", "read_class_map", "pair_masks", "confusion_matrix", "iou_from_confusion",
@@ -184,9 +184,10 @@ def pair_masks(images_dir: Path, masks_dir: Path) -> tuple[list[Path], list[Path
 
 
 def read_mask(path: Path) -> np.ndarray:
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise EvalError(f"{path}: cannot read the mask")
+    try:
+        m = read_image(path)
+    except ImageReadError as e:
+        raise EvalError(f"cannot read the mask: {e}") from e
     if m.ndim == 3:
         if not (m[..., :1] == m).all():
             raise EvalError(f"{path}: a colour mask; expected one class index per pixel (a single-channel PNG)")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .utils.atomic import atomic_path
+from .utils.atomic import atomic_write_bytes
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb",
            "to_tensor", "to_uint8", "read_image", "write_image"]
@@ -31,33 +31,19 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB: grayscale is repeated, alpha dropped, 16-bit scaled."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageReadError(f"{path}: cannot decode image (corrupt, empty or unsupported format)")
+    img = read_image(path)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}")
     if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB))
+        return np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
 
 
 def write_rgb(path: str | os.PathLike, rgb: np.ndarray, params: list[int] | None = None) -> Path:
-    """Write an ``(H, W, 3)`` RGB uint8 (or uint16) array atomically; the format follows the extension."""
-    path = Path(path)
+    """Write an ``(H, W, 3)`` RGB (or RGBA) uint8/uint16 array atomically; the format follows the extension."""
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
         raise ValueError(f"write_rgb expects (H, W, 3|4) pixels for {path}, got shape {rgb.shape}")
-    code = cv2.COLOR_RGB2BGR if rgb.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, code), params or []):
-            raise OSError(f"{path}: OpenCV could not write this format")
-    return path
+    return write_image(path, rgb, params)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -78,7 +64,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # Decode from bytes: Ultralytics replaces cv2.imread on import (its version turns 16-bit into 8-bit
+    # and may try to install a HEIF plugin for unreadable files); cv2.imdecode is left alone.
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageReadError(f"{path}: cannot decode image (corrupt, empty or unsupported format)")
     if img.dtype not in (np.uint8, np.uint16):
@@ -113,7 +101,10 @@ def write_image(path: str | os.PathLike, img: np.ndarray, params: list[int] | No
         raise OSError(f"{path}: {ext} cannot store 16-bit pixels; use .png or .tif")
     if img.ndim == 3 and img.shape[2] == 4 and ext not in (".png", ".tif", ".tiff", ".webp"):
         raise OSError(f"{path}: {ext} cannot store an alpha channel; use .png, .tif or .webp")
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), img, params or []):
-            raise OSError(f"{path}: OpenCV could not write this format")
-    return path
+    try:
+        ok, data = cv2.imencode(ext, img, params or [])
+    except cv2.error as e:
+        raise OSError(f"{path}: OpenCV could not write this format ({e.err})") from e
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not write this format")
+    return atomic_write_bytes(path, data.tobytes())
