@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_rgb, to_tensor
+from ..io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, read_rgb, to_tensor
 from .transforms import PairedAugment, paired_random_crop
 
 __all__ = ["DatasetError", "FORMATS", "RAIN_DIR_NAMES", "CLEAN_DIR_NAMES", "pair_key", "pair_files",
@@ -145,9 +145,13 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read image ({e})") from e
-    return h, w
+        return h, w
+    except Exception:  # noqa: BLE001 - Ultralytics patches Image.open; any failure: decode to get the reason
+        pass
+    try:
+        return read_image(path).shape[:2]
+    except ImageReadError as e:
+        raise DatasetError(f"cannot read image: {e}") from e
 
 
 class _Base(Dataset):
