@@ -109,3 +109,15 @@ def resolve_weights(name: str) -> Path:
             f"weights file {path} is corrupt or was changed: sha256 {digest}, expected {spec.sha256}"
         )
     return path
+
+
+# Shipped weights. Reproduce with configs/train_default_weights.sh; the model card is in the README.
+register_weights(PretrainedWeights(
+    name="jdnet-lite-synthrain",
+    file="jdnet-lite-synthrain.pt",
+    sha256="5d8f42262a06bf67baea895181d4253aef582b18e4af3a79247927f39dfbc45f",
+    model="jdnet-lite",
+    description="jdnet-lite, 1000 steps (batch 16, 64x64, negative SSIM) on 162 clean photos with the project's "
+                "mixed light/heavy rain synthesis; never saw Rain100L",
+    aliases=(DEFAULT_WEIGHTS, "jdnet-lite"),
+))
