@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -10,7 +11,7 @@ from ..checkpoint import CheckpointError, load_model
 from ..inference import DTYPES, MAX_PIXELS
 from ..registry import DEFAULT_WEIGHTS, list_weights
 
-__all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail"]
+__all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "run_cli"]
 
 
 class CLIError(Exception):
@@ -64,3 +65,15 @@ def inference_kwargs(args: argparse.Namespace) -> dict:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and ``run``; a :class:`CLIError` or Ctrl-C becomes ``error: ...`` and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except CLIError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..inference import derain as derain_array
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
 from ..video import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, read_frames, video_info
-from ._common import CLIError, add_model_args, fail, inference_kwargs, model_from_args
+from ._common import CLIError, add_model_args, inference_kwargs, model_from_args, run_cli
 
 __all__ = ["main", "build_parser", "Job", "collect_jobs"]
 
@@ -189,10 +189,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted")
+    return run_cli(build_parser(), run, argv)

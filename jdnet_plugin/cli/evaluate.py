@@ -29,7 +29,7 @@ from ..inference import derain_tensor
 from ..io import ImageReadError, read_rgb, to_tensor, to_uint8, write_rgb
 from ..metrics import psnr, ssim
 from ..utils.atomic import atomic_write_text
-from ._common import CLIError, add_model_args, fail, inference_kwargs, model_from_args
+from ._common import CLIError, add_model_args, inference_kwargs, model_from_args, run_cli
 
 __all__ = ["main", "build_parser", "METRICS", "score"]
 
@@ -124,10 +124,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        return fail("interrupted")
+    return run_cli(build_parser(), run, argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..checkpoint import CheckpointError, load_model
 from ..exporting import DEFAULT_CHECK_SIZES, ONNX_MIN_OPSET, ExportError, export_onnx, export_torchscript
 from ..registry import DEFAULT_WEIGHTS
-from ._common import CLIError, fail
+from ._common import CLIError, run_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -77,8 +77,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:
-        return fail(str(e))
+    return run_cli(build_parser(), run, argv)
