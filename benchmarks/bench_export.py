@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
+    # As in bench_inference: idle OpenMP threads sleep (robust on a shared machine); set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import onnxruntime as ort
     import torch
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         with torch.inference_mode():
+            model(x[..., :64, :64])  # warm-up
             t = time.perf_counter()
             ref = model(x)
             eager_s = time.perf_counter() - t
