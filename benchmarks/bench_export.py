@@ -8,15 +8,14 @@ Writes ``benchmarks/results/export-<tag>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+from _results import ROOT, write_results
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{', '.join(f'{v:.1f}' for v in result['loadavg_at_end'])}. {args.note}", "",
              "| runtime | seconds (one forward) | max abs diff vs eager |", "|---|---|---|"]
     lines += [f"| {r['runtime']} | {r['seconds']:.2f} | {r['max_abs_diff']:.2g} |" for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"export-{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"export-{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(f"export-{args.tag}", result, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

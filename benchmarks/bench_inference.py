@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+from _results import ROOT, write_results
+
 
 
 def child(args: argparse.Namespace) -> None:
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "omp_wait_policy": args.omp_wait_policy, "loadavg_at_end": os.getloadavg(), "torch": torch.__version__,
               "note": args.note, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"inference-{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"inference-{args.tag}.md").write_text(to_markdown(result))
+    write_results(f"inference-{args.tag}", result, to_markdown(result))
     print(to_markdown(result))
     return 0
 

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+from _results import ROOT, write_results
+
 
 
 def child(args: argparse.Namespace) -> None:
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 sp = f"{row['speedup']:.1f}x" if impl == "fast" and "speedup" in row else ""
                 lines.append(f"| {row['preset']} | {row['batch']} x {row['patch']}x{row['patch']} | {impl} | "
                              f"{row[impl]['seconds_per_step_median']:.3f} | {row[impl]['steps_per_s']:.3f} | {sp} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"train-{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"train-{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(f"train-{args.tag}", result, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
