@@ -185,6 +185,21 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(data, tmp_path, cap
     assert torch.load(out / "final.pt", weights_only=True)["step"] == 3
 
 
+def test_a_second_run_on_the_same_out_is_refused(data, tmp_path, capsys):
+    from jdnet_plugin.training.trainer import lock_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = lock_run_dir(out)  # as another process running in that folder would
+    try:
+        assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 2
+        assert "in use by another training run" in capsys.readouterr().err
+        assert not (out / "latest.pt").exists()
+    finally:
+        held.close()
+    assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "no training data"),
     (["--preset", "nope"], "unknown preset 'nope'"),
@@ -219,7 +234,7 @@ def test_ddp_on_cpu_with_gloo(data, tmp_path):
            "--log-every", "1", "--device", "cpu", *TINY]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "final.pt", "latest.pt", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "final.pt", "latest.pt", "log.jsonl"]
     records = _log(out)
     assert records[0]["event"] == "start" and records[0]["world_size"] == 2
     assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]  # one writer, rank 0

@@ -115,6 +115,21 @@ class _Log:
                 self.tb.close()
 
 
+def lock_run_dir(out: Path):
+    """An exclusive lock on ``out/.lock``, held while the returned file stays open (the OS drops it when the
+    process ends, SIGKILL included): two runs writing into one folder would corrupt each other's resume."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError(f"{out} is in use by another training run (it holds {out / '.lock'}); "
+                          "wait for it to finish or choose another --out") from None
+    return f
+
+
 class Trainer:
     """Train a JDNet from a resolved configuration (see ``configs/train_default.yaml``).
 
@@ -284,6 +299,9 @@ class Trainer:
         self._build_data()
         self._build_model()
         self.best_psnr, self.sampler_position = float("-inf"), 0
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = lock_run_dir(self.out)
         if self.fresh and d.is_main:
             self._clear_outputs()
         self.start_step = self._resume()
