@@ -22,6 +22,15 @@ def _threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A checkpoint of a tiny random JDNet, for tests that need a weights path."""
+    from jdnet_plugin import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("w") / "w.pt", create_model("jdnet-lite", units=1, scales=1))
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -1,18 +1,9 @@
 import cv2
 import numpy as np
-import pytest
-import torch
 
-from jdnet_plugin import create_model, save_checkpoint
 from jdnet_plugin.cli.derain import main
 from jdnet_plugin.io import read_image, write_image
 from jdnet_plugin.metrics import psnr
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("w") / "w.pt", create_model("jdnet-lite", units=1, scales=1))
 
 
 def _img(h, w, c=3, dtype=np.uint8, seed=0):

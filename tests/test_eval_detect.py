@@ -17,7 +17,6 @@ pytest.importorskip("ultralytics")
 
 from eval_tasks.common import rain_fn, recovered_fraction  # noqa: E402
 from eval_tasks.detect import detections_map, main, read_yolo_dataset  # noqa: E402
-from jdnet_plugin import create_model, save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = "".join(f"  {i}: class{i}\n" for i in range(80))
@@ -30,14 +29,6 @@ def yolo_pt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("yolo") / "yolov8n-random.pt"
     torch.manual_seed(0)
     YOLO("yolov8n.yaml").save(path)  # 80 classes, random weights, built offline
-    return path
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "w.pt"
-    save_checkpoint(path, create_model("jdnet-lite", units=1, scales=1))
     return path
 
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from eval_tasks.segment import (Segmenter, confusion_matrix, iou_from_confusion, load_segmenter, main,
                                 read_class_map)
-from jdnet_plugin import create_model, save_checkpoint
 
 IGNORE = 9
 CENTERS = (0.15, 0.5, 0.85)
@@ -46,14 +45,6 @@ class BrightnessSeg(nn.Module):
 def make():
     return BrightnessSeg()
 """
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "w.pt"
-    save_checkpoint(path, create_model("jdnet-lite", units=1, scales=1))
-    return path
 
 
 def scripted(path: Path, extra: int = 0) -> Path:
