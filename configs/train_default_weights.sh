@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Reproduces the shipped default weights. Usage: bash configs/train_default_weights.sh [extra train flags]
-# Rerunning resumes from $RUN/latest.pt. Needs ../shared/data/clean (see ../shared/data/SOURCES.md).
+# Reproduces the shipped default weights in two stages (stage 2 fine-tunes stage 1's best.pt).
+# Usage: bash configs/train_default_weights.sh [extra train flags, given to both stages]
+# Rerunning resumes each stage from its latest.pt; a finished stage is skipped.
+# Needs ../shared/data/clean (see ../shared/data/SOURCES.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED:-../shared}
 RUN=${RUN:-runs/default-weights}
 CLEAN=$SHARED/data/clean
+DATA=("$CLEAN/CBSD68" "$CLEAN/CSet14" "$CLEAN/CSun_Hays80")
 
 # Held-out validation pairs: Kodak24 (not used for training) with mixed rain, fixed seed.
 if [ ! -d "$RUN/val/norain" ]; then
@@ -14,6 +17,8 @@ if [ ! -d "$RUN/val/norain" ]; then
   mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
 fi
 
-exec "$PY" -m jdnet_plugin.train --config configs/default-weights.yaml \
-  --data "$CLEAN/CBSD68" "$CLEAN/CSet14" "$CLEAN/CSun_Hays80" \
-  --val "$RUN/val" --out "$RUN" "$@"
+[ -f "$RUN/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/default-weights.yaml \
+  --data "${DATA[@]}" --val "$RUN/val" --out "$RUN" "$@"
+[ -f "$RUN-stage2/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/default-weights-stage2.yaml \
+  --init "$RUN/best.pt" --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-stage2" "$@"
+echo "default weights: $RUN-stage2/best.pt"

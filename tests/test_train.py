@@ -242,3 +242,32 @@ def test_ddp_on_cpu_with_gloo(data, tmp_path):
     assert ckpt["step"] == 4 and ckpt["world_size"] == 2 and ckpt["sampler_position"] == 4 * 2 * 2
     x = torch.rand(2, 3, 16, 20)
     assert load_model(out / "final.pt")(x).shape == x.shape
+
+
+def test_init_fine_tunes_from_given_weights_and_refuses_another_architecture(data, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["--data", str(data), "--out", str(first), "--steps", "2", *TINY]) == 0
+    start = dict(load_model(first / "final.pt").named_parameters())  # BatchNorm statistics move at any lr
+    out = tmp_path / "tuned"
+    assert main(["--data", str(data), "--out", str(out), "--steps", "1", "--lr", "1e-12",
+                 "--init", str(first / "final.pt"), *TINY]) == 0
+    tuned = dict(load_model(out / "final.pt").named_parameters())
+    # lr 1e-12: one Adam step moves each weight by about 1e-12, so the run started from the init weights
+    assert all(torch.allclose(tuned[k].float(), v.float(), atol=1e-6) for k, v in start.items())
+    fresh = dict(load_model(_fresh_run(data, tmp_path)).named_parameters())
+    assert not all(torch.allclose(fresh[k].float(), v.float(), atol=1e-3) for k, v in start.items())
+
+    assert main(["--data", str(data), "--out", str(tmp_path / "other"), "--steps", "1",
+                 "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "init weights" in err and "'units': 1" in err and "'units': 2" in err
+    assert main(["--data", str(data), "--out", str(tmp_path / "o2"), "--steps", "1",
+                 "--init", str(tmp_path / "missing.pt"), *TINY]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def _fresh_run(data: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "fresh"
+    assert main(["--data", str(data), "--out", str(out), "--steps", "1", "--lr", "1e-12", "--seed", "7",
+                 *TINY]) == 0
+    return out / "final.pt"

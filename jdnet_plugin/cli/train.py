@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-max", type=int, metavar="N", help="validate on the first N images only")
     a("--out", metavar="DIR", help="run folder: checkpoints, config.yaml, log.jsonl, tb/")
     a("--preset", help="model preset: jdnet, jdnet-lite, jdnet-no-sa, jdnet-no-sa-sc")
+    a("--init", metavar="WEIGHTS", help="start from these weights (registered name such as 'default', or a "
+      "checkpoint path); the optimiser starts fresh")
     for name in ("channels", "units", "scales"):
         a(f"--{name}", type=int, help=f"override the preset's {name}")
     a("--model", type=_key_value, action="append", metavar="KEY=VALUE", help="any other JDNetConfig parameter")

@@ -110,6 +110,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     ms = cfg["milestones"]
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in ms):
         raise ConfigError(f"milestones must be a list of fractions of the steps in (0, 1], got {ms!r}")
+    if cfg["init"] is not None and not isinstance(cfg["init"], (str, os.PathLike)):
+        raise ConfigError(f"init must be a registered weights name or a checkpoint path, got {cfg['init']!r}")
+    if cfg["init"] is not None:
+        cfg["init"] = str(cfg["init"])
     if cfg["pair_dirs"] is not None and (not isinstance(cfg["pair_dirs"], list) or len(cfg["pair_dirs"]) != 2):
         raise ConfigError(f"pair_dirs must be [rainy_subfolder, clean_subfolder], got {cfg['pair_dirs']!r}")
     return cfg

@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import load_state_dict_checked, read_checkpoint, save_checkpoint
+from ..checkpoint import load_model, load_state_dict_checked, read_checkpoint, save_checkpoint
 from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
 from ..registry import create_model
@@ -180,6 +180,8 @@ class Trainer:
             self.model = create_model(cfg["preset"], **cfg["model"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid model settings {cfg['model']} for preset {cfg['preset']!r}: {e}") from e
+        if cfg["init"]:
+            self._load_init(cfg["init"])
         self.model.set_attention_impl(cfg["attention"])
         cuda = self.device.type == "cuda"
         self.channels_last = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
@@ -193,6 +195,15 @@ class Trainer:
         milestones = sorted({max(1, round(m * cfg["steps"])) for m in cfg["milestones"]})
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg["gamma"])
         self.loss_fn = build_loss(cfg["loss"])
+
+    def _load_init(self, source: str) -> None:
+        """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
+        init = load_model(source)
+        if init.config != self.model.config:
+            raise ConfigError(f"init weights {source!r} are a model with {init.config.to_dict()}, but this run builds "
+                              f"{self.model.config.to_dict()} (preset {self.cfg['preset']!r}); set --preset and the "
+                              "model settings to match the weights")
+        self.model.load_state_dict(init.state_dict())
 
     def _resume(self) -> int:
         """Load ``out/latest.pt`` when there is one (and not ``fresh``); the step to start from."""
