@@ -214,3 +214,16 @@ def test_paired_transforms_keep_pairs_together():
     assert np.array_equal(x, clean)
     with pytest.raises(ValueError, match="bigger than the image"):
         paired_random_crop([clean], 13, rng)
+
+
+def test_clean_fraction_leaves_that_share_of_samples_dry(tmp_path):
+    rng = np.random.default_rng(4)
+    write_rgb(tmp_path / "a.png", rng.integers(0, 200, (40, 40, 3), dtype=np.uint8))
+    dry = [torch.equal(s["rain"], s["clean"]) for s in
+           (make_dataset(tmp_path, patch_size=16, synthetic_rain="mixed", clean_fraction=0.25)[(0, k)]
+            for k in range(200))]
+    assert 30 <= sum(dry) <= 70  # about 50 of 200
+    plain = make_dataset(tmp_path, patch_size=16, synthetic_rain="mixed")
+    assert not any(torch.equal(plain[(0, k)]["rain"], plain[(0, k)]["clean"]) for k in range(50))
+    with pytest.raises(DatasetError, match="clean_fraction"):
+        make_dataset(tmp_path, synthetic_rain="light", clean_fraction=1.5)

@@ -51,6 +51,17 @@ def test_fast_forward_paper_width_and_four_scales():
     assert (_rain(m, x, "fast") - _rain(m, x, "reference")).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("units", [7, 11])
+def test_blocked_dense_fusion_equals_reference(units):
+    # 8 channels: 7 units share fusion GEMMs in blocks of 2, 11 units in blocks of 3; both end on a
+    # shorter block
+    from jdnet_plugin.archs.fast_forward import _fusion_block
+    m = _model("jdnet-no-sa", units=units, scales=1, channels=8).eval()
+    assert _fusion_block(8, units) > 1
+    x = torch.rand(1, 3, 11, 14)
+    assert (_rain(m, x, "fast") - _rain(m, x, "reference")).abs().max() <= 1e-4
+
+
 def test_nearest_composition_detects_both_cases():
     assert _compose(_nearest_index(8, 16, "cpu"), _nearest_index(4, 16, "cpu"), 8) is not None
     assert _compose(_nearest_index(5, 9, "cpu"), _nearest_index(3, 9, "cpu"), 5) is None

@@ -6,7 +6,8 @@ from torch import nn
 
 import jdnet_plugin
 from jdnet_plugin import create_model, save_checkpoint
-from jdnet_plugin.inference import balanced_tile, derain, derain_tensor, get_model, tile_starts, tile_weights
+from jdnet_plugin.inference import (balanced_tile, derain, derain_tensor, get_model, tile_layout, tile_starts,
+                                    tile_weights)
 from jdnet_plugin.metrics import psnr
 
 
@@ -38,7 +39,10 @@ class _Recorder(nn.Module):
 
 
 def test_tile_layout_and_weights():
-    assert tile_starts(100, 64, 32) == [0, 32, 36]
+    assert tile_starts(100, 64, 32) == [0, 18, 36]
+    assert tile_starts(100, 60, 16, align=8) == [0, 40]
+    with pytest.raises(ValueError, match="multiple of align"):
+        tile_starts(100, 64, 16, align=8)
     assert tile_starts(50, 64, 32) == [0]
     # Auto-sized tiles: as many as `tile` needs, no larger than necessary.
     assert balanced_tile(640, 512, 32) == 336 and tile_starts(640, 336, 32) == [0, 304]
@@ -48,6 +52,31 @@ def test_tile_layout_and_weights():
     b = tile_weights(64, 16, at_start=False, at_end=True)
     torch.testing.assert_close(a[-16:] + b[:16], torch.ones(16))
     assert a[:48].eq(1).all() and a[-16 // 4:].eq(0).all()
+
+
+@pytest.mark.parametrize("align", [1, 4, 8, 16])
+def test_tile_layout_aligned_covering_overlapping(align):
+    rng = np.random.default_rng(align)
+    for _ in range(300):
+        overlap = int(rng.integers(0, 64))
+        tile = int(rng.integers(overlap + align, 600))
+        size = int(rng.integers(1, 3000))
+        length, starts = tile_layout(size, tile, overlap, align)
+        assert starts[0] == 0 and starts[-1] + length == size and length <= min(size, tile + align - 1)
+        assert all(s % align == 0 for s in starts[:-1] if len(starts) > 1) and (size - length) % align == 0
+        assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))  # overlap kept
+        assert len(starts) <= -(-size // max(1, tile - overlap - align)) + 1  # not many more than needed
+
+
+def test_aligned_tiles_match_the_whole_image_beyond_the_blend():
+    torch.manual_seed(1)
+    deep = create_model("jdnet-lite", units=2).eval()  # 3 scales and SC pooling 4: tiles start at multiples of 8
+    assert deep.tile_align == 8
+    x = _natural(104, 150)
+    full = derain_tensor(deep, x)
+    aligned = psnr(derain_tensor(deep, x, tile=72, overlap=24), full, "rgb").item()
+    shifted = psnr(derain_tensor(_Recorder(deep), x, tile=72, overlap=24), full, "rgb").item()  # align 1
+    assert aligned >= 60 and aligned > shifted + 10, (aligned, shifted)
 
 
 def test_tiled_matches_untiled(model):

@@ -206,6 +206,7 @@ def test_a_second_run_on_the_same_out_is_refused(data, tmp_path, capsys):
     (["--set", "bogus=1"], "unknown setting(s) in command-line overrides: bogus"),
     (["--model", "channels=3"], "channels must be even"),
     (["--patch-size", "64"], "crop 64x64 is bigger than the image (24x28)"),
+    (["--clean-fraction", "0.2"], "clean_fraction needs synthetic_rain"),
 ])
 def test_cli_errors_are_one_line(data, tmp_path, capsys, argv, message):
     full = [*([] if not argv else ["--data", str(data)]), "--out", str(tmp_path / "o"), *TINY, *argv]
@@ -271,3 +272,13 @@ def _fresh_run(data: Path, tmp_path: Path) -> Path:
     assert main(["--data", str(data), "--out", str(out), "--steps", "1", "--lr", "1e-12", "--seed", "7",
                  *TINY]) == 0
     return out / "final.pt"
+
+
+def test_runs_saved_before_a_setting_existed_still_resume():
+    from jdnet_plugin.training import config_differences, default_config
+
+    now = default_config()
+    old = {k: v for k, v in now.items() if k not in ("clean_fraction", "init")}
+    assert config_differences(old, now) == []
+    assert config_differences(old, {**now, "clean_fraction": 0.2}) == [
+        "clean_fraction: 0.0 (saved) vs 0.2 (now)"]

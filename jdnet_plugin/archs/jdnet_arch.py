@@ -6,6 +6,7 @@ layer ``R`` and returns ``input - R``, unclamped.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -283,6 +284,13 @@ class JDNet(nn.Module):
         """Smallest H and W: the attention window reflects, self-calibration average-pools."""
         cfg = self.config
         return max(cfg.kernel_size // 2 + 1 if cfg.self_attention else 1, cfg.sc_pooling if cfg.self_calibration else 1)
+
+    @property
+    def tile_align(self) -> int:
+        """Shifts of the input that shift the output alike: multiples of the stride of the coarsest scale
+        and of the self-calibration pooling. Tiles start at multiples of it (:func:`derain_tensor`)."""
+        cfg = self.config
+        return math.lcm(2 ** cfg.scales, cfg.sc_pooling if cfg.self_calibration else 1)
 
     def rain_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted rain layer ``R`` (so that the output is ``x - R``)."""

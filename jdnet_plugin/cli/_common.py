@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..checkpoint import CheckpointError, load_model
-from ..inference import DTYPES, MAX_PIXELS
+from ..inference import DTYPES, MAX_PIXELS, OVERLAP
 from ..registry import DEFAULT_WEIGHTS, list_weights
 
 __all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "run_cli"]
@@ -26,7 +26,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     a("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype (half types run under autocast)")
     a("--tile", type=int, metavar="N", help="process N x N overlapping tiles (default: only for images over "
                                             "--max-pixels)")
-    a("--overlap", type=int, default=32, metavar="N", help="pixels shared by neighbouring tiles (default 32)")
+    a("--overlap", type=int, default=OVERLAP, metavar="N",
+      help=f"pixels shared by neighbouring tiles (default {OVERLAP})")
     a("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
       help=f"pixels per forward call before tiling kicks in (default {MAX_PIXELS})")
     a("--batch-size", type=int, default=4, metavar="N", help="images, frames or tiles per forward call")

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workers", type=int, help="DataLoader worker processes")
     a("--threads", type=int, help="torch CPU threads per process")
     a("--synthetic-rain", choices=("light", "heavy", "mixed"), help="--data holds clean images; add this rain")
+    a("--clean-fraction", type=float, metavar="P",
+      help="with --synthetic-rain: share of crops left dry (input = target), so clean images pass unchanged")
     a("--format", choices=("paired", "side-by-side", "clean"), help="data format (detected by default)")
     a("--pair-dirs", nargs=2, metavar=("RAINY", "CLEAN"), help="names of the rainy and clean sub-folders")
     a("--save-every", type=int, metavar="N", help="write latest.pt every N steps")

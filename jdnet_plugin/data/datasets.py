@@ -309,12 +309,17 @@ class SyntheticRainDataset(_Base):
     """Clean images with rain synthesised on the fly (:func:`jdnet_plugin.rain.add_rain`) on each crop.
 
     ``preset``: ``"light"``, ``"heavy"``, ``"mixed"`` (light or heavy per image) or a ``RainParams``. The crop
-    is taken first, so the cost of synthesis is that of a patch, not of the whole image.
+    is taken first, so the cost of synthesis is that of a patch, not of the whole image. ``clean_fraction``:
+    the share of samples left dry (input = target), which teaches the model to leave rain-free images alone.
     """
 
     def __init__(self, files: Sequence[Path] | str | os.PathLike, preset="light", patch_size: int | None = None,
-                 seed: int = 0, augment: PairedAugment | None = None, cache: bool = False, check: bool = True) -> None:
+                 seed: int = 0, augment: PairedAugment | None = None, cache: bool = False, check: bool = True,
+                 clean_fraction: float = 0.0) -> None:
         super().__init__(patch_size, seed, augment, cache)
+        if not 0.0 <= clean_fraction <= 1.0:
+            raise DatasetError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
+        self.clean_fraction = float(clean_fraction)
         from ..rain import add_rain  # noqa: F401  (fail here, not in a worker, when it is missing)
 
         self.preset = preset
@@ -336,6 +341,8 @@ class SyntheticRainDataset(_Base):
         f = self.files[index]
         (clean,) = self._window([self._read(f)], rng, str(f))
         clean = to_tensor(clean)
+        if self.clean_fraction and rng.random() < self.clean_fraction:  # no draw at 0: same stream as before
+            return {"rain": clean.clone(), "clean": clean, "name": _name(f, self.root)}
         rain = add_rain(clean, self.preset, seed=int(rng.integers(0, 2**31 - 1)))
         return {"rain": rain.clamp(0, 1), "clean": clean, "name": _name(f, self.root)}
 
@@ -371,18 +378,19 @@ def _name(path: Path, root: Path | None) -> str:
 def make_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], format: str | None = None,
                  patch_size: int | None = None, synthetic_rain=None, seed: int = 0,
                  augment: PairedAugment | None = None, cache: bool = False, pair_dirs: Sequence[str] | None = None,
-                 require_pairs: bool = False) -> Dataset:
+                 require_pairs: bool = False, clean_fraction: float = 0.0) -> Dataset:
     """The dataset of any supported folder (format detected with :func:`detect_format` unless given).
 
     ``synthetic_rain`` (a preset) means ``path`` holds clean images (a folder tree) to make rainy. Several
     paths give one :class:`ConcatDataset`. ``require_pairs``: a folder of rainy images only is an error.
+    ``clean_fraction``: with synthetic rain, the share of samples left dry.
     """
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             path = path[0]
         else:
             return ConcatDataset([make_dataset(p, format, patch_size, synthetic_rain, seed, augment, cache,
-                                               pair_dirs, require_pairs) for p in path])
+                                               pair_dirs, require_pairs, clean_fraction) for p in path])
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
@@ -397,7 +405,8 @@ def make_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], format: 
     if format == "side-by-side":
         return SideBySideDataset(path, augment=augment, **kw)
     if format == "clean":
-        return SyntheticRainDataset(path, synthetic_rain or "light", augment=augment, **kw)
+        return SyntheticRainDataset(path, synthetic_rain or "light", augment=augment, clean_fraction=clean_fraction,
+                                    **kw)
     if require_pairs:
         raise DatasetError(
             f"{path} holds rainy images without clean ground truth; training needs rain/ + norain/ "

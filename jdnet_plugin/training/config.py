@@ -107,6 +107,11 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _choice(cfg, "format", (None, "paired", "side-by-side", "clean"))
     if not isinstance(cfg["lr"], (int, float)) or cfg["lr"] <= 0:
         raise ConfigError(f"lr must be a positive number, got {cfg['lr']!r}")
+    cf = cfg["clean_fraction"]
+    if not isinstance(cf, (int, float)) or isinstance(cf, bool) or not 0 <= cf <= 1:
+        raise ConfigError(f"clean_fraction must be a number in [0, 1], got {cf!r}")
+    if cf and cfg["synthetic_rain"] is None:
+        raise ConfigError("clean_fraction needs synthetic_rain (it leaves some clean crops without rain)")
     ms = cfg["milestones"]
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in ms):
         raise ConfigError(f"milestones must be a list of fractions of the steps in (0, 1], got {ms!r}")
@@ -120,7 +125,11 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The settings that differ between a saved run and this one, other than :data:`RESUMABLE_CHANGES`."""
+    """The settings that differ between a saved run and this one, other than :data:`RESUMABLE_CHANGES`.
+
+    A setting the saved run predates counts as its default value (runs of older versions still resume)."""
+    defaults = default_config()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     keys = sorted((set(saved) | set(current)) - RESUMABLE_CHANGES)
     return [f"{k}: {saved.get(k)!r} (saved) vs {current.get(k)!r} (now)"
             for k in keys if saved.get(k) != current.get(k)]
