@@ -282,3 +282,22 @@ def test_runs_saved_before_a_setting_existed_still_resume():
     assert config_differences(old, now) == []
     assert config_differences(old, {**now, "clean_fraction": 0.2}) == [
         "clean_fraction: 0.0 (saved) vs 0.2 (now)"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_the_process_group_with_workers_saves_and_exits_cleanly(data, tmp_path, sig, code):
+    # Ctrl-C and job schedulers signal every process of the group, DataLoader workers included.
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jdnet_plugin.train", "--data", str(data), "--out", str(out), "--steps", "100000",
+           "--save-every", "3", *TINY, "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for(out / "latest.pt", proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    assert _log(out)[-1]["event"] == f"stopped by {sig.name}"
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == _log(out)[-1]["step"]

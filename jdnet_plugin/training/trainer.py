@@ -115,6 +115,13 @@ class _Log:
                 self.tb.close()
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: Ctrl-C and schedulers signal the whole process group, and a
+    worker killed by it would crash the trainer before it saves; the trainer stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def lock_run_dir(out: Path):
     """An exclusive lock on ``out/.lock``, held while the returned file stays open (the OS drops it when the
     process ends, SIGKILL included): two runs writing into one folder would corrupt each other's resume."""
@@ -173,6 +180,7 @@ class Trainer:
                                   start=start)
         return DataLoader(self.train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate,
                           num_workers=cfg["workers"], persistent_workers=cfg["workers"] > 0,
+                          worker_init_fn=_leave_stop_signals_to_the_trainer,
                           pin_memory=self.device.type == "cuda")
 
     def _build_model(self) -> None:
