@@ -1,6 +1,7 @@
 """Image files in and out: clear errors naming the file, atomic writes, RGB order everywhere."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from .utils.atomic import atomic_write_bytes
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb",
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb", "exif_orientation", "apply_orientation",
            "to_tensor", "to_uint8", "read_image", "write_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,17 +57,56 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of an encoded JPEG, PNG or WebP image; 1 (as stored) otherwise.
+
+    TIFF is left out on purpose: OpenCV's TIFF decoder applies the orientation itself."""
+    from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+    # The format's own reader, not Image.open: Ultralytics replaces that with one that may pip-install a
+    # HEIF plugin for files PIL does not know.
+    head = data[:16]
+    reader = (JpegImagePlugin.JpegImageFile if head.startswith(b"\xff\xd8") else
+              PngImagePlugin.PngImageFile if head.startswith(b"\x89PNG") else
+              WebPImagePlugin.WebPImageFile if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None)
+    if reader is None:
+        return 1
+    try:
+        with reader(io.BytesIO(data)) as im:
+            value = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged header: the pixels decoded, so keep them as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as a viewer shows them, from pixels stored with EXIF ``orientation`` (what PIL's
+    ``ImageOps.exif_transpose`` and ``cv2.imread`` do)."""
+    if orientation in (5, 6, 7, 8):
+        img = np.swapaxes(img, 0, 1)  # transpose, then flip as for 2, 1, 4, 3
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        img = img[:, ::-1]
+    if orientation in (3, 4):
+        img = img[::-1]
+    return img
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as stored: ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 or uint16.
+    """An image file as shown: ``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 or uint16.
 
     Unlike :func:`read_rgb`, nothing is dropped: alpha and 16-bit depth are kept (channels in RGB order).
+    An EXIF orientation (phone photos) is applied, as ``cv2.imread`` and Ultralytics do, so the pixels are
+    upright (outputs are written without the tag).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     # Decode from bytes: Ultralytics replaces cv2.imread on import (its version turns 16-bit into 8-bit
-    # and may try to install a HEIF plugin for unreadable files); cv2.imdecode is left alone.
-    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    # and may try to install a HEIF plugin for unreadable files); cv2.imdecode is left alone. It ignores
+    # EXIF orientation with IMREAD_UNCHANGED (needed for alpha and 16 bits), so that is applied below.
+    data = np.fromfile(path, np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageReadError(f"{path}: cannot decode image (corrupt, empty or unsupported format)")
     if img.dtype not in (np.uint8, np.uint16):
@@ -78,7 +118,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if code is None:
             raise ImageReadError(f"{path}: unsupported number of channels {img.shape[2]}")
         img = cv2.cvtColor(img, code)
-    return np.ascontiguousarray(img)
+    return np.ascontiguousarray(apply_orientation(img, exif_orientation(data.tobytes())))
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray, params: list[int] | None = None) -> Path:
