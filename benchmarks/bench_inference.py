@@ -34,6 +34,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from jdnet_plugin.inference import derain_tensor
     from jdnet_plugin.registry import create_model
 
     torch.set_num_threads(args.threads)
@@ -46,6 +47,8 @@ def child(args: argparse.Namespace) -> None:
     h, w = args.size
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    # --max-pixels: the users' path (derain_tensor tiles frames above it); otherwise one whole-frame forward.
+    run = (lambda t: derain_tensor(model, t, max_pixels=args.max_pixels)) if args.max_pixels else model
     with torch.inference_mode():
         model(x[..., :64, :64])
         sync()
@@ -55,7 +58,7 @@ def child(args: argparse.Namespace) -> None:
         times = []
         for _ in range(args.iters):
             t = time.perf_counter()
-            out = model(x)
+            out = run(x)
             sync()
             times.append(time.perf_counter() - t)
     rec = {"seconds": min(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -68,9 +71,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure(preset: str, impl: str, size: tuple[int, int], threads: int, device: str, dtype: str,
-            iters: int, save_output: str | None = None, wait_policy: str = "PASSIVE") -> dict:
+            iters: int, save_output: str | None = None, wait_policy: str = "PASSIVE", max_pixels: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", "--preset", preset, "--impl", impl, "--size", f"{size[0]}x{size[1]}",
-           "--threads", str(threads), "--device", device, "--dtype", dtype, "--iters", str(iters)]
+           "--threads", str(threads), "--device", device, "--dtype", dtype, "--iters", str(iters),
+           "--max-pixels", str(max_pixels)]
     if save_output:
         cmd += ["--save-output", save_output]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy}
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
                    help="OpenMP idle threads sleep (PASSIVE, default: robust on a shared machine) or spin")
+    p.add_argument("--max-pixels", type=int, default=0,
+                   help="time derain_tensor(max_pixels=N), which tiles larger frames (0: one whole-frame forward)")
     p.add_argument("--tag", default="cpu", help="results file name: inference-<tag>.json/.md")
     p.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -121,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                 for impl in (impls if r % 2 == 0 else impls[::-1]):
                     out = str(tmp / f"{impl}.pt") if r == 0 else None
                     rec = measure(preset, impl, size, args.threads, args.device, args.dtype, args.iters, out,
-                                  args.omp_wait_policy)
+                                  args.omp_wait_policy, args.max_pixels)
                     runs[impl].append(rec)
                     print(f"{preset} {size[0]}x{size[1]} {impl}: {rec}", flush=True)
             row = {"preset": preset, "size": list(size), "threads": args.threads, "device": args.device,
-                   "dtype": args.dtype, "repeats": args.repeats}
+                   "dtype": args.dtype, "repeats": args.repeats, "max_pixels": args.max_pixels or None}
             for impl, recs in runs.items():
                 ok = [x for x in recs if "error" not in x]
                 if not ok:
@@ -170,7 +176,7 @@ def to_markdown(result: dict) -> str:
             if impl not in row:
                 continue
             r = row[impl]
-            size = f"{row['size'][0]}x{row['size'][1]}"
+            size = f"{row['size'][0]}x{row['size'][1]}" + (f", tiled at {row['max_pixels']} px" if row.get("max_pixels") else "")
             if "error" in r:
                 lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | error: {r['error']} | | | | |")
                 continue
