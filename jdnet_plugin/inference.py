@@ -57,14 +57,17 @@ def tile_layout(size: int, tile: int, overlap: int, align: int = 1) -> tuple[int
     """
     if size <= tile:
         return size, [0]
-    if tile - overlap < align:
-        raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) by at least the alignment ({align})")
+    if tile - overlap < 2 * align - 1:
+        raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) by at least {2 * align - 1} "
+                         f"(twice the alignment {align}, less one)")
     n = math.ceil((size - overlap) / (tile - overlap))
-    length = math.ceil((size - overlap) / n) + overlap
-    length = min(size, length + (size - length) % align)  # the last start, size - length, is aligned
+    while True:
+        length = max(math.ceil((size - overlap) / n) + overlap, overlap + align)
+        length += (size - length) % align  # so that the last start, size - length, is aligned
+        if length <= tile:  # always true once length is near overlap + align: n grows until it is
+            break
+        n += 1
     last, step = (size - length) // align, (length - overlap) // align  # in units of align
-    if step < 1:
-        length, last, step = size, 0, 1
     k = max(1, math.ceil(last / step))
     return length, sorted({i * last // k * align for i in range(k + 1)})
 
@@ -146,10 +149,12 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
         raise ValueError(f"batch_size and max_pixels must be >= 1 and overlap >= 0, got {batch_size}, "
                          f"{max_pixels}, {overlap}")
     b, _, h, w = x.shape
+    align = int(getattr(model, "tile_align", 1))
     if tile is None and h * w > max_pixels:
-        tile = max(overlap + 8, math.isqrt(max_pixels) // 8 * 8)
-    if tile is not None and tile <= overlap:
-        raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+        tile = max(overlap + 2 * align, math.isqrt(max_pixels) // 8 * 8)
+    if tile is not None and tile - overlap < 2 * align - 1:
+        raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) by at least {2 * align - 1} for this "
+                         f"model (twice its tile alignment {align}, less one)")
     p = _param(model)
     device = p.device if p is not None else x.device
     compute = p.dtype if p is not None and p.is_floating_point() else torch.float32

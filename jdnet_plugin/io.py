@@ -66,6 +66,8 @@ def exif_orientation(data: bytes) -> int:
     # The format's own reader, not Image.open: Ultralytics replaces that with one that may pip-install a
     # HEIF plugin for files PIL does not know.
     head = data[:16]
+    if head.startswith(b"\x89PNG") and b"eXIf" not in data:
+        return 1  # and no second decode: PIL loads a PNG's pixels looking for a late eXIf chunk
     reader = (JpegImagePlugin.JpegImageFile if head.startswith(b"\xff\xd8") else
               PngImagePlugin.PngImageFile if head.startswith(b"\x89PNG") else
               WebPImagePlugin.WebPImageFile if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None)

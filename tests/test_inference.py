@@ -59,13 +59,13 @@ def test_tile_layout_aligned_covering_overlapping(align):
     rng = np.random.default_rng(align)
     for _ in range(300):
         overlap = int(rng.integers(0, 64))
-        tile = int(rng.integers(overlap + align, 600))
+        tile = int(rng.integers(overlap + 2 * align - 1, 600))
         size = int(rng.integers(1, 3000))
         length, starts = tile_layout(size, tile, overlap, align)
-        assert starts[0] == 0 and starts[-1] + length == size and length <= min(size, tile + align - 1)
+        assert starts[0] == 0 and starts[-1] + length == size and length <= min(size, tile)
         assert all(s % align == 0 for s in starts[:-1] if len(starts) > 1) and (size - length) % align == 0
         assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))  # overlap kept
-        assert len(starts) <= -(-size // max(1, tile - overlap - align)) + 1  # not many more than needed
+        assert len(starts) <= -(-size // max(1, tile - overlap - 2 * align)) + 1  # not many more than needed
 
 
 def test_aligned_tiles_match_the_whole_image_beyond_the_blend():

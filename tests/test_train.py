@@ -258,6 +258,11 @@ def test_init_fine_tunes_from_given_weights_and_refuses_another_architecture(dat
     fresh = dict(load_model(_fresh_run(data, tmp_path)).named_parameters())
     assert not all(torch.allclose(fresh[k].float(), v.float(), atol=1e-3) for k, v in start.items())
 
+    # a resume loads latest.pt, so it does not need the init weights any more
+    (first / "final.pt").rename(first / "moved.pt")
+    assert main(["--data", str(data), "--out", str(out), "--steps", "1", "--lr", "1e-12",
+                 "--init", str(first / "final.pt"), *TINY]) == 0
+    (first / "moved.pt").rename(first / "final.pt")
     assert main(["--data", str(data), "--out", str(tmp_path / "other"), "--steps", "1",
                  "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 2
     err = capsys.readouterr().err

@@ -287,8 +287,9 @@ class JDNet(nn.Module):
 
     @property
     def tile_align(self) -> int:
-        """Shifts of the input that shift the output alike: multiples of the stride of the coarsest scale
-        and of the self-calibration pooling. Tiles start at multiples of it (:func:`derain_tensor`)."""
+        """Tiles start at multiples of this (:func:`derain_tensor`): the stride of the coarsest scale and the
+        self-calibration pooling. A crop starting there sees the pyramid's grid of the whole image, so away
+        from its borders it computes what the whole image does (up to the position map's scale)."""
         cfg = self.config
         return math.lcm(2 ** cfg.scales, cfg.sc_pooling if cfg.self_calibration else 1)
 

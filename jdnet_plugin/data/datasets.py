@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, read_rgb, to_tensor
+from ..io import IMAGE_EXTENSIONS, ImageReadError, exif_orientation, list_images, read_image, read_rgb, to_tensor
 from .transforms import PairedAugment, paired_random_crop
 
 __all__ = ["DatasetError", "FORMATS", "RAIN_DIR_NAMES", "CLEAN_DIR_NAMES", "pair_key", "pair_files",
@@ -139,13 +139,13 @@ def detect_format(path: str | os.PathLike, pair_dirs: Sequence[str] | None = Non
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the file header (no decoding)."""
+    """``(height, width)`` as :func:`read_image` returns it, from the file header (no decoding)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             w, h = im.size
-        return h, w
+        return (w, h) if exif_orientation(path.read_bytes()) in (5, 6, 7, 8) else (h, w)
     except Exception:  # noqa: BLE001 - Ultralytics patches Image.open; any failure: decode to get the reason
         pass
     try:

@@ -16,7 +16,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_defaul
 # Keys that may differ between a run and its resumption (they change neither the model nor the data stream).
 RESUMABLE_CHANGES = frozenset({"out", "device", "workers", "val", "val_max", "save_every", "snapshot_every",
                                "val_every", "log_every", "tensorboard", "progress", "attention", "cache", "amp",
-                               "channels_last", "threads"})
+                               "channels_last", "threads", "init"})  # init: a resume loads latest.pt instead
 
 
 class ConfigError(ValueError):
@@ -110,15 +110,16 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cf = cfg["clean_fraction"]
     if not isinstance(cf, (int, float)) or isinstance(cf, bool) or not 0 <= cf <= 1:
         raise ConfigError(f"clean_fraction must be a number in [0, 1], got {cf!r}")
-    if cf and cfg["synthetic_rain"] is None:
+    if cf and cfg["synthetic_rain"] is None and cfg["format"] != "clean":
         raise ConfigError("clean_fraction needs synthetic_rain (it leaves some clean crops without rain)")
     ms = cfg["milestones"]
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in ms):
         raise ConfigError(f"milestones must be a list of fractions of the steps in (0, 1], got {ms!r}")
-    if cfg["init"] is not None and not isinstance(cfg["init"], (str, os.PathLike)):
-        raise ConfigError(f"init must be a registered weights name or a checkpoint path, got {cfg['init']!r}")
-    if cfg["init"] is not None:
-        cfg["init"] = str(cfg["init"])
+    init = cfg["init"]
+    if init is not None and (not isinstance(init, (str, os.PathLike)) or not str(init).strip()):
+        raise ConfigError(f"init must be a registered weights name or a checkpoint path, got {init!r}")
+    if init is not None:  # a path is made absolute, so that a resume from elsewhere finds the same file
+        cfg["init"] = str(Path(init).resolve()) if Path(init).exists() else str(init)
     if cfg["pair_dirs"] is not None and (not isinstance(cfg["pair_dirs"], list) or len(cfg["pair_dirs"]) != 2):
         raise ConfigError(f"pair_dirs must be [rainy_subfolder, clean_subfolder], got {cfg['pair_dirs']!r}")
     return cfg

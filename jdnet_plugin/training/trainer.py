@@ -116,10 +116,11 @@ class _Log:
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT/SIGTERM: Ctrl-C and schedulers signal the whole process group, and a
-    worker killed by it would crash the trainer before it saves; the trainer stops its workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """DataLoader workers leave the trainer's process group: Ctrl-C and schedulers signal the whole group, and
+    a worker killed by it would crash the trainer before it saves. The trainer stops its workers itself (and
+    they exit when it dies), so their own signal handling stays as PyTorch sets it."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
 
 
 def lock_run_dir(out: Path):
@@ -189,7 +190,7 @@ class Trainer:
             self.model = create_model(cfg["preset"], **cfg["model"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid model settings {cfg['model']} for preset {cfg['preset']!r}: {e}") from e
-        if cfg["init"]:
+        if cfg["init"] and (self.fresh or not (self.out / "latest.pt").exists()):  # a resume loads its own
             self._load_init(cfg["init"])
         self.model.set_attention_impl(cfg["attention"])
         cuda = self.device.type == "cuda"
