@@ -115,9 +115,9 @@ def resolve_weights(name: str) -> Path:
 register_weights(PretrainedWeights(
     name="jdnet-lite-synthrain",
     file="jdnet-lite-synthrain.pt",
-    sha256="5d8f42262a06bf67baea895181d4253aef582b18e4af3a79247927f39dfbc45f",
+    sha256="a8214168e91730125078236b3335640338df5e6d7181d8ee81b79f41e988cf9c",
     model="jdnet-lite",
-    description="jdnet-lite, 1000 steps (batch 16, 64x64, negative SSIM) on 162 clean photos with the project's "
-                "mixed light/heavy rain synthesis; never saw Rain100L",
+    description="jdnet-lite, 1000 + 1200 steps (batch 16, 64x64, negative SSIM; stage 2 fine-tunes stage 1) on 162 "
+                "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L",
     aliases=(DEFAULT_WEIGHTS, "jdnet-lite"),
 ))
