@@ -48,7 +48,8 @@ def child(args: argparse.Namespace) -> None:
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     # --max-pixels: the users' path (derain_tensor tiles frames above it); otherwise one whole-frame forward.
-    run = (lambda t: derain_tensor(model, t, max_pixels=args.max_pixels)) if args.max_pixels else model
+    limit = None if args.max_pixels == "auto" else int(args.max_pixels)
+    run = (lambda t: derain_tensor(model, t, max_pixels=limit)) if limit != 0 else model
     with torch.inference_mode():
         model(x[..., :64, :64])
         sync()
@@ -101,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
                    help="OpenMP idle threads sleep (PASSIVE, default: robust on a shared machine) or spin")
-    p.add_argument("--max-pixels", type=int, default=0,
-                   help="time derain_tensor(max_pixels=N), which tiles larger frames (0: one whole-frame forward)")
+    p.add_argument("--max-pixels", default="0",
+                   help="time derain_tensor(max_pixels=N), which tiles larger frames; 'auto': its default for the "
+                        "model; 0 (default): one whole-frame forward")
     p.add_argument("--tag", default="cpu", help="results file name: inference-<tag>.json/.md")
     p.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[impl].append(rec)
                     print(f"{preset} {size[0]}x{size[1]} {impl}: {rec}", flush=True)
             row = {"preset": preset, "size": list(size), "threads": args.threads, "device": args.device,
-                   "dtype": args.dtype, "repeats": args.repeats, "max_pixels": args.max_pixels or None}
+                   "dtype": args.dtype, "repeats": args.repeats,
+                   "max_pixels": None if args.max_pixels == "0" else args.max_pixels}
             for impl, recs in runs.items():
                 ok = [x for x in recs if "error" not in x]
                 if not ok:
@@ -176,7 +179,7 @@ def to_markdown(result: dict) -> str:
             if impl not in row:
                 continue
             r = row[impl]
-            size = f"{row['size'][0]}x{row['size'][1]}" + (f", tiled at {row['max_pixels']} px" if row.get("max_pixels") else "")
+            size = f"{row['size'][0]}x{row['size'][1]}" + (f", derain_tensor(max_pixels={row['max_pixels']})" if row.get("max_pixels") else "")
             if "error" in r:
                 lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | error: {r['error']} | | | | |")
                 continue

@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_PIXELS", "OVERLAP", "DTYPES", "derain_tensor", "tile_layout", "tile_starts", "balanced_tile", "tile_weights", "derain",
+__all__ = ["MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout", "tile_starts", "balanced_tile", "tile_weights", "derain",
            "get_model"]
 
-# Pixels per forward call (batch x H x W) before tiling: 1 MP. Measured on CPU, float32, no grad: the full
-# JDNet adds about 390 MiB of peak memory at 256x256; jdnet-lite 680 MiB at 768x768 untiled, 140 MiB tiled.
+# Pixels per forward call (batch x H x W) before tiling: at most 1 MP, fewer where the model's working memory
+# (``model.inference_bytes_per_pixel``) would exceed MEMORY_BUDGET: the process then stays within about 3 GB
+# (torch and the model take about 0.6 GB). The paper-size JDNet gets about 0.37 MP.
 MAX_PIXELS = 1 << 20
+MEMORY_BUDGET = 2 << 30
 # Pixels shared by neighbouring tiles. With the default weights (benchmarks/tiling_check.py, 100 Rain100L
 # images, tiles of 128): overlap 32 -> tiled vs whole PSNR >= 40.2 dB, 64 -> >= 46.2 dB.
 OVERLAP = 64
@@ -107,6 +109,15 @@ def tile_weights(length: int, overlap: int, at_start: bool, at_end: bool) -> tor
     return ((d - m + 1) / (overlap - 2 * m + 1)).clamp(0, 1)
 
 
+def default_max_pixels(model: nn.Module) -> int:
+    """Pixels per forward call for ``model``: :data:`MAX_PIXELS`, or fewer when its working memory per pixel
+    (``inference_bytes_per_pixel``, where it declares one) would pass :data:`MEMORY_BUDGET`."""
+    per_pixel = getattr(model, "inference_bytes_per_pixel", None)
+    if not per_pixel:
+        return MAX_PIXELS
+    return max(128 * 128, min(MAX_PIXELS, MEMORY_BUDGET // int(per_pixel)))
+
+
 def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
     """Pad bottom/right to at least ``size``: reflection where possible, edge replication beyond it."""
     for dim, pad in ((-2, lambda p: (0, 0, 0, p)), (-1, lambda p: (0, p, 0, 0))):
@@ -130,12 +141,13 @@ def _forward(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None) ->
 
 def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None, overlap: int = OVERLAP,
                   batch_size: int = 4, dtype: torch.dtype | str | None = None,
-                  max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+                  max_pixels: int | None = None) -> torch.Tensor:
     """Derain ``(B, 3, H, W)`` (or ``(3, H, W)``) float RGB in [0, 1]; see the module docstring.
 
     ``tile``: tile side (default: only when an image exceeds ``max_pixels``, then the largest square tile
     within it); ``overlap``: pixels shared by neighbouring tiles; ``batch_size``: images or tiles per forward
-    call (also bounded by ``max_pixels``); ``dtype``: "float32", "bfloat16" or "float16" (autocast).
+    call (also bounded by ``max_pixels``, default :func:`default_max_pixels`); ``dtype``: "float32",
+    "bfloat16" or "float16" (autocast).
     Returns float32 (float64 for float64 input), clamped to [0, 1], on ``x``'s device.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -145,6 +157,8 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
                              max_pixels=max_pixels)[0]
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    if max_pixels is None:
+        max_pixels = default_max_pixels(model)
     if batch_size < 1 or max_pixels < 1 or overlap < 0:
         raise ValueError(f"batch_size and max_pixels must be >= 1 and overlap >= 0, got {batch_size}, "
                          f"{max_pixels}, {overlap}")

@@ -6,8 +6,8 @@ from torch import nn
 
 import jdnet_plugin
 from jdnet_plugin import create_model, save_checkpoint
-from jdnet_plugin.inference import (balanced_tile, derain, derain_tensor, get_model, tile_layout, tile_starts,
-                                    tile_weights)
+from jdnet_plugin.inference import (MAX_PIXELS, balanced_tile, default_max_pixels, derain, derain_tensor,
+                                    get_model, tile_layout, tile_starts, tile_weights)
 from jdnet_plugin.metrics import psnr
 
 
@@ -99,6 +99,20 @@ def test_pixel_budget_bounds_every_forward_call(model):
     rec.shapes.clear()
     derain_tensor(rec, torch.rand(5, 3, 16, 16), batch_size=2)
     assert [s[0] for s in rec.shapes] == [2, 2, 1]
+
+
+def test_default_pixel_budget_follows_the_model_memory():
+    paper, lite = create_model("jdnet"), create_model("jdnet-lite")
+    assert default_max_pixels(lite) == MAX_PIXELS
+    assert 300_000 < default_max_pixels(paper) < 400_000  # about 2 GB of working memory
+    assert default_max_pixels(nn.Identity()) == MAX_PIXELS  # a model that declares nothing
+
+    class Hungry(_Recorder):
+        inference_bytes_per_pixel = 1 << 20  # 1 MB a pixel: the smallest budget, 128 x 128
+
+    rec = Hungry(create_model("jdnet-lite", units=1, scales=1).eval())
+    derain_tensor(rec, torch.rand(1, 3, 200, 210))
+    assert len(rec.shapes) > 1 and all(b * h * w <= 128 * 128 for b, _, h, w in rec.shapes)
 
 
 def test_batches_equal_single_images(model):

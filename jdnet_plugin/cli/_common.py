@@ -28,8 +28,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                                             "--max-pixels)")
     a("--overlap", type=int, default=OVERLAP, metavar="N",
       help=f"pixels shared by neighbouring tiles (default {OVERLAP})")
-    a("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
-      help=f"pixels per forward call before tiling kicks in (default {MAX_PIXELS})")
+    a("--max-pixels", type=int, default=None, metavar="N",
+      help=f"pixels per forward call before tiling kicks in (default: {MAX_PIXELS}, or fewer for models that "
+           "would need more than about 2 GB for that)")
     a("--batch-size", type=int, default=4, metavar="N", help="images, frames or tiles per forward call")
 
 
