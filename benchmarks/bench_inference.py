@@ -78,7 +78,10 @@ def measure(preset: str, impl: str, size: tuple[int, int], threads: int, device:
            "--max-pixels", str(max_pixels)]
     if save_output:
         cmd += ["--save-output", save_output]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
@@ -100,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
-                   help="OpenMP idle threads sleep (PASSIVE, default: robust on a shared machine) or spin")
+    p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE", "default"), default="PASSIVE",
+                   help="OpenMP idle threads sleep (PASSIVE, default: robust on a shared machine), spin (ACTIVE), "
+                        "or the OpenMP runtime's own default (spin a while, then sleep), what users get")
     p.add_argument("--max-pixels", default="0",
                    help="time derain_tensor(max_pixels=N), which tiles larger frames; 'auto': its default for the "
                         "model; 0 (default): one whole-frame forward")
