@@ -34,14 +34,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=100, help="the first N Rain100L test images")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--settings", nargs="+", default=["128:32", "128:64", "256:64"], metavar="TILE:OVERLAP",
+                   help="tile and overlap pairs for the Rain100L images")
+    p.add_argument("--no-1080p", dest="hd", action="store_false", help="skip the 1080p frame")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = jdnet_plugin.load_model()
     images = [to_tensor(read_rgb(p))[None] for p in list_images(RAIN100L)[:args.images]]
-    for tile, overlap in [(128, 32), (128, 64), (256, 64)]:
+    for tile, overlap in (map(int, t.split(":")) for t in args.settings):
         vals = [agreement(model, x, tile, overlap) for x in images]
         print(f"Rain100L {len(images)} images, tile {tile} overlap {overlap}: PSNR-RGB min {min(vals):.1f}, "
               f"median {statistics.median(vals):.1f}", flush=True)
+    if not args.hd:
+        return 0
     bus = cv2.resize(read_rgb(str(files("ultralytics") / "assets" / "bus.jpg")), (1920, 1080))
     for overlap in (32, 64):
         print(f"1080p frame, tile 512 overlap {overlap}: PSNR-RGB {agreement(model, to_tensor(bus)[None], 512, overlap):.1f}")
