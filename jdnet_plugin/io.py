@@ -11,8 +11,8 @@ import torch
 
 from .utils.atomic import atomic_write_bytes
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb", "exif_orientation", "apply_orientation",
-           "to_tensor", "to_uint8", "read_image", "write_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_rgb", "write_rgb", "exif_orientation",
+           "apply_orientation", "to_tensor", "to_uint8", "read_image", "write_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -190,7 +190,7 @@ class Trainer:
             self.model = create_model(cfg["preset"], **cfg["model"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid model settings {cfg['model']} for preset {cfg['preset']!r}: {e}") from e
-        if cfg["init"] and (self.fresh or not (self.out / "latest.pt").exists()):  # a resume loads its own
+        if cfg["init"] and self._resume_path() is None:  # a resume loads its own weights
             self._load_init(cfg["init"])
         self.model.set_attention_impl(cfg["attention"])
         cuda = self.device.type == "cuda"
@@ -215,10 +215,15 @@ class Trainer:
                               "model settings to match the weights")
         self.model.load_state_dict(init.state_dict())
 
+    def _resume_path(self) -> Path | None:
+        """``out/latest.pt`` when this run resumes from it (it exists and the run is not ``fresh``)."""
+        path = self.out / "latest.pt"
+        return None if self.fresh or not path.exists() else path
+
     def _resume(self) -> int:
         """Load ``out/latest.pt`` when there is one (and not ``fresh``); the step to start from."""
-        path = self.out / "latest.pt"
-        if self.fresh or not path.exists():
+        path = self._resume_path()
+        if path is None:
             return 0
         ckpt = read_checkpoint(path)
         if "train_config" not in ckpt or "optimizer" not in ckpt:
@@ -326,8 +331,7 @@ class Trainer:
         if self.fresh and d.is_main:
             self._clear_outputs()
         self.start_step = self._resume()
-        if d.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        if d.is_main:  # out/ was made above, with the lock
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
         self._ready = True
         return self.start_step
