@@ -11,6 +11,8 @@ import torch
 # Ultralytics writes its settings on import; keep them out of the user's home.
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Native kernels compiled by the tests go to a temporary cache.
+os.environ.setdefault("JDNET_CACHE_DIR", tempfile.mkdtemp(prefix="jdnet-cache-"))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from jdnet_plugin.archs import JDNet
+from jdnet_plugin.archs import JDNet, native
 from jdnet_plugin.archs.fast_forward import _compose, _nearest_index, fast_rain_layer, sam_attention_banded
 from jdnet_plugin.registry import create_model
 
@@ -22,6 +22,14 @@ def _model(name: str, seed: int = 0, **overrides) -> JDNet:
     return m
 
 
+@pytest.fixture(params=["native", "pytorch"])
+def attention_kernel(request, monkeypatch) -> str:
+    """The fast path with the native attention kernel (where it builds) and with its PyTorch fallback."""
+    if request.param == "pytorch":
+        monkeypatch.setitem(native._state, "lib", None)
+    return request.param
+
+
 def _rain(m: JDNet, x: torch.Tensor, impl: str) -> torch.Tensor:
     m.set_attention_impl(impl)
     with torch.no_grad():
@@ -30,7 +38,7 @@ def _rain(m: JDNet, x: torch.Tensor, impl: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("size", [(9, 13), (16, 16), (7, 4)])
-def test_fast_forward_equals_reference(name, size):
+def test_fast_forward_equals_reference(name, size, attention_kernel):
     m = _model(name).eval()
     if min(size) < m.min_size:
         pytest.skip("below the attention window")
@@ -43,12 +51,21 @@ def test_fast_forward_equals_reference(name, size):
         torch.testing.assert_close(m(x), x - fast, rtol=0, atol=1e-6)
 
 
-def test_fast_forward_paper_width_and_four_scales():
+def test_fast_forward_paper_width_and_four_scales(attention_kernel):
     # The paper's channel layout (rel 2, mid 8) and the full scale pyramid, where the nearest
     # upsampling maps compose for some levels of 37x50 and not for others.
     m = _model("jdnet", units=1, scales=4).eval()
     x = torch.rand(1, 3, 37, 50)
     assert (_rain(m, x, "fast") - _rain(m, x, "reference")).abs().max() <= 1e-4
+
+
+def test_fast_forward_in_train_mode_uses_batch_statistics(attention_kernel):
+    m = _model("jdnet-lite").train()
+    x = torch.rand(2, 3, 12, 16)
+    ref, fast = _rain(m, x, "reference"), _rain(m, x, "fast")
+    assert (fast - ref).abs().max() <= 1e-4
+    m.eval()
+    assert (_rain(m, x, "fast") - fast).abs().max() > 1e-3  # running statistics differ from the batch's
 
 
 @pytest.mark.parametrize("units", [7, 11])
@@ -68,7 +85,8 @@ def test_nearest_composition_detects_both_cases():
 
 
 @pytest.mark.parametrize("band", [1, 13, 50, 10_000])
-def test_banded_attention_is_independent_of_band_size(band):
+def test_banded_attention_is_independent_of_band_size(band, monkeypatch):
+    monkeypatch.setitem(native._state, "lib", None)  # the PyTorch fallback is the banded one
     torch.manual_seed(band)
     x1, x2 = torch.randn(2, 2, 2, 10, 13).unbind(0)
     x3, pos = torch.randn(2, 8, 10, 13), torch.randn(1, 2, 10, 13)

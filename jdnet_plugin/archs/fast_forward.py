@@ -7,8 +7,9 @@ memory traffic (the CPU runs these layers memory-bound).
   one pass over the prefix (a wider GEMM) and add the few features made since.
 - The scale-aggregation fusion applies each 1x1 block at the resolution of its scale (nearest
   upsampling commutes with a 1x1 convolution) and gathers the partial sums up the pyramid.
-- The attention runs on bands of rows whose ``k*k``-neighbour tensors stay in cache, reading the
-  neighbours through strided views (no unfold copies).
+- The attention is one fused native kernel on CPU (:mod:`.native`, compiled on first use); without it, it
+  runs on bands of rows whose ``k*k``-neighbour tensors stay in cache, reading the neighbours through
+  strided views (no unfold copies).
 
 Weights are read from the modules at every call (nothing is cached), so this path can never be stale.
 It is used by :meth:`JDNet.forward` when gradients are off; autograd, tracing and export take the
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..utils.host_memory import empty_huge, keep_freed_memory
+from . import native
 from .attention import _check_size, position
 
 __all__ = ["fast_rain_layer", "sam_attention_banded"]
@@ -50,6 +53,56 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     return _mm(_nhwc(x).reshape(-1, c), weight, bias).view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
+_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) \
+    if torch.backends.mkldnn.is_available() else None
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _conv(conv: torch.nn.Conv2d, x: torch.Tensor, *, lrelu: bool = False, add: torch.Tensor | None = None,
+          mul: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(x)`` (with ``weight`` instead of the module's if given), then ``+ add`` or ``* mul``, then
+    LeakyReLU if asked. On CPU in fp32 one oneDNN call with the extra operations fused (one pass over
+    the output instead of two or three); elsewhere the same in steps."""
+    weight = conv.weight if weight is None else weight
+    other = add if add is not None else mul
+    if (_POINTWISE is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and not (lrelu and other is not None) and not _autocast_on("cpu")):
+        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if other is None:
+            return _POINTWISE(x, weight, conv.bias, *geometry, "leaky_relu" if lrelu else "none",
+                              [_SLOPE] if lrelu else [], "")
+        return _POINTWISE.binary(x, other, weight, conv.bias, *geometry, "add" if add is not None else "mul",
+                                 None, None, [], None)
+    y = conv._conv_forward(x, weight, conv.bias)
+    if add is not None:
+        y = y.add_(add)
+    if mul is not None:
+        y = y.mul_(mul)
+    return F.leaky_relu_(y, _SLOPE) if lrelu else y
+
+
+def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``lrelu(bn(x))``; in eval mode as one per-channel multiply-add (the module's kernel is several times
+    slower on channels_last)."""
+    if bn.training or bn.running_mean is None:
+        return F.leaky_relu_(bn(x), _SLOPE)
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    view = (-1, 1, 1)
+    return F.leaky_relu_(torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view)), _SLOPE)
+
+
 def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,
                          weight: torch.Tensor, bias: torch.Tensor, kernel_size: int,
                          band_pixels: int = BAND_PIXELS) -> torch.Tensor:
@@ -75,6 +128,8 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     q2 = F.pad(torch.cat([x2.to(dt), pos], 1), (pad,) * 4, mode="reflect")
     vp = F.pad(x3.to(dt), (pad,) * 4, mode="reflect")
     out = torch.empty(b, m, h, w, dtype=dt, device=x1.device)
+    if native.sam_attention(q1, q2, vp, weight.contiguous(), kernel_size, _SLOPE, out):
+        return out
     rows = max(1, min(h, band_pixels // w))
     # One scratch buffer for all bands: fresh multi-MB tensors per band cost page faults.
     scratch = torch.empty(b * (c + m) * kk * rows * w, dtype=dt, device=x1.device)
@@ -97,7 +152,7 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
 
 def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     sam = san.sam
-    o = F.leaky_relu_(san.bn1(x), _SLOPE)
+    o = _bn_lrelu(san.bn1, x)
     b, c, h, w = o.shape
     r, m = sam.conv1.out_channels, sam.conv3.out_channels
     w123 = torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1)
@@ -109,7 +164,7 @@ def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
     pos = sam.conv_p(position(h, w, device=x.device, dtype=sam.conv_p.weight.dtype))
     att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos,
                                c2.weight.flatten(1) @ c1.weight.flatten(1), c2.bias, sam.kernel_size, band_pixels)
-    att = F.leaky_relu_(san.bn2(att), _SLOPE)
+    att = _bn_lrelu(san.bn2, att)
     # conv (M -> C) + x, channels_last: x += (HW, M) @ (M, C) per image, in place (x is not needed
     # after this).
     x = x.contiguous(memory_format=torch.channels_last)
@@ -139,18 +194,30 @@ def _gather_hw(x: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Ten
     return _nhwc(x).index_select(1, iy).index_select(2, ix).permute(0, 3, 1, 2)
 
 
-def _add_gathered_(dst: torch.Tensor, src: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-    """``dst += src[:, :, iy][:, :, :, ix]`` (channels_last, in place). Where the indices repeat each source
-    pixel ``f`` times (``arange // f``: nearest upsampling by an integer factor), a broadcast add, no gather."""
-    b, c, h, w = dst.shape
+def _add_gathered(x: torch.Tensor, src: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x + src[:, :, iy][:, :, :, ix]`` (channels_last), into ``out`` (``x`` itself for in place). Where the
+    indices repeat each source pixel ``f`` times (``arange // f``: nearest upsampling by an integer factor),
+    a broadcast add, no gather."""
+    b, c, h, w = x.shape
     sh, sw = src.shape[-2:]
     fy, fx = h // sh, w // sw
-    if h == fy * sh and w == fx * sw and dst.is_contiguous(memory_format=torch.channels_last) \
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+    if h == fy * sh and w == fx * sw and x.is_contiguous(memory_format=torch.channels_last) \
+            and out.is_contiguous(memory_format=torch.channels_last) \
             and torch.equal(iy, torch.arange(h, device=iy.device) // fy) \
             and torch.equal(ix, torch.arange(w, device=ix.device) // fx):
-        _nhwc(dst).view(b, sh, fy, sw, fx, c).add_(_nhwc(src)[:, :, None, :, None, :])
-        return dst
-    return dst.add_(_gather_hw(src, iy, ix))
+        torch.add(_nhwc(x).view(b, sh, fy, sw, fx, c), _nhwc(src)[:, :, None, :, None, :],
+                  out=_nhwc(out).view(b, sh, fy, sw, fx, c))
+        return out
+    return torch.add(x, _gather_hw(src, iy, ix), out=out)
+
+
+def _residual_block(block, t: torch.Tensor) -> torch.Tensor:
+    """:class:`ResidualBlock`: ``c = lrelu(conv_s2(t)); c + conv(lrelu(conv(c)))``."""
+    c = _conv(block.convert[0], t, lrelu=True)
+    return _conv(block.res[2], _conv(block.res[0], c, lrelu=True), add=c)
 
 
 def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +229,7 @@ def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     t, partial = x, []
     for s, block in enumerate(unit.res_list, 1):
-        t = block(t)
+        t = _residual_block(block, t)
         partial.append(_conv1x1(t, wgt[:, s * c:(s + 1) * c]))
     if partial:
         # Sum the partial products coarse to fine where nearest indices compose exactly.
@@ -172,25 +239,30 @@ def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
         for z, (iy, ix) in zip(reversed(partial[:-1]), reversed(idx[:-1])):
             gy, gx = _compose(iy, ay, z.shape[2]), _compose(ix, ax, z.shape[3])
             if gy is None or gx is None:
-                _add_gathered_(fused, acc, ay, ax)
+                _add_gathered(fused, acc, ay, ax, out=fused)
                 acc = z
             else:
-                acc = _add_gathered_(z, acc, gy, gx)
+                acc = _add_gathered(z, acc, gy, gx, out=z)
             ay, ax = iy, ix
-        _add_gathered_(fused, acc, ay, ax)
+        _add_gathered(fused, acc, ay, ax, out=fused)
     return F.leaky_relu_(fused, _SLOPE)
 
 
-def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The self-calibrated bottleneck; the result as ``(B*H*W, C)``, written into ``out`` if given."""
-    a = scn.k1(F.leaky_relu_(_conv1x1(x, scn.conv1_a.weight, scn.conv1_a.bias), _SLOPE))
-    b = scn.scconv(F.leaky_relu_(_conv1x1(x, scn.conv1_b.weight, scn.conv1_b.bias), _SLOPE))
-    half, c = a.shape[1], x.shape[1]
-    w3 = scn.conv3.weight.flatten(1)
-    y = _mm(_nhwc(a).reshape(-1, half), w3[:, :half], out=out)
-    y.addmm_(_nhwc(b).reshape(-1, half), w3[:, half:].t().to(y.dtype))
-    y.add_(scn.conv3.bias).add_(_nhwc(x).reshape(-1, c))
-    return F.leaky_relu_(y, _SLOPE)
+def _scconv(sc, y: torch.Tensor) -> torch.Tensor:
+    """:class:`SCConv`: ``lrelu(k4(k3(y) * sigmoid(y + up(k2(y)))))``."""
+    small = _conv(sc.k2[1], sc.k2[0](y))
+    h, w = y.shape[-2:]
+    gate = _add_gathered(y, small, _nearest_index(small.shape[2], h, y.device),
+                         _nearest_index(small.shape[3], w, y.device)).sigmoid_()
+    return _conv(sc.k4[0], _conv(sc.k3[0], y, mul=gate), lrelu=True)
+
+
+def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor) -> None:
+    """The self-calibrated bottleneck, written into ``out`` ``(B*H*W, C)``."""
+    a = _conv(scn.k1[0], _conv(scn.conv1_a, x, lrelu=True), lrelu=True)
+    b = _scconv(scn.scconv, _conv(scn.conv1_b, x, lrelu=True))
+    y = _conv(scn.conv3, torch.cat([a, b], 1), add=x)
+    torch.ops.aten.leaky_relu.out(_nhwc(y).reshape(out.shape), _SLOPE, out=out)
 
 
 def _unit(unit, x: torch.Tensor, band_pixels: int, out: torch.Tensor) -> None:
@@ -214,15 +286,18 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
     """``model.rain_layer(x)`` of a :class:`JDNet` without autograd; see the module docstring.
 
     ``band_pixels``: pixels per band of the attention (small on CPU for the cache, large on a GPU)."""
+    if x.device.type == "cpu":
+        keep_freed_memory()
     feat = model.enterBlock(x.contiguous(memory_format=torch.channels_last))
     chain = model.derain_net
     b, c, h, w = feat.shape
     n = len(chain.units)
-    buf = torch.empty(b, h, w, (n + 1) * c, dtype=feat.dtype, device=feat.device)
+    buf = empty_huge(b, h, w, (n + 1) * c, dtype=feat.dtype, device=feat.device)
     flat = buf.view(-1, (n + 1) * c)
     buf[..., :c] = _nhwc(feat)
     out = feat
     block = _fusion_block(c, n)
+    partial_buf = empty_huge(flat.shape[0], block * c, dtype=flat.dtype, device=flat.device)
     weights = [fuse[0].weight.flatten(1).to(flat.dtype) for fuse in chain.conv1x1]
     for i, (unit, fuse) in enumerate(zip(chain.units, chain.conv1x1)):
         _unit(unit, out, band_pixels, flat[:, (i + 1) * c:(i + 2) * c])
@@ -231,12 +306,14 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
             # made after it. One GEMM over the prefix, 4x wider, instead of one per unit.
             first, known = i, (i + 2) * c
             ws = torch.cat([wt[:, :known] for wt in weights[i:i + block]])
-            partial = torch.mm(flat[:, :known], ws.t())
+            partial = torch.mm(flat[:, :known], ws.t(), out=partial_buf[:, :ws.shape[0]])
         y = partial[:, (i - first) * c:(i - first + 1) * c]
         if (i + 2) * c > known:
             y.addmm_(flat[:, known:(i + 2) * c], weights[i][:, known:].t())
-        y = torch.add(y, fuse[0].bias) if fuse[0].bias is not None else y.contiguous()
-        out = F.leaky_relu_(y, _SLOPE).view(b, h, w, c).permute(0, 3, 1, 2)
+        if fuse[0].bias is not None:
+            y.add_(fuse[0].bias)  # y is a column block of the scratch products
+        out = torch.ops.aten.leaky_relu.out(y, _SLOPE, out=torch.empty(y.shape, dtype=y.dtype, device=y.device))
+        out = out.view(b, h, w, c).permute(0, 3, 1, 2)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
     return model.exitBlock(out).contiguous(memory_format=fmt)
