@@ -68,3 +68,27 @@ def test_a_failing_compiler_falls_back_with_a_warning(tmp_path):
     assert done.stdout.strip() == "False"
     assert "building the native attention kernel failed" in done.stderr
     assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written library left behind
+
+
+@pytest.mark.skipif(not has_compiler or not hasattr(os, "fork"), reason="no C compiler or no fork")
+def test_forked_child_gets_its_own_thread_pool():
+    import multiprocessing as mp
+    g = torch.Generator().manual_seed(0)
+    q1, q2p, vp = torch.randn(1, 4, 12, 12, generator=g), torch.randn(1, 4, 18, 18, generator=g), \
+        torch.randn(1, 8, 18, 18, generator=g)
+    wt = torch.randn(1, 4, generator=g)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = _native_in(q1, q2p, vp, wt)  # the parent's two-thread pool exists now
+        with mp.get_context("fork").Pool(1) as pool:  # would hang on the parent's pool, whose threads it lacks
+            got = pool.apply_async(_native_in, (q1, q2p, vp, wt)).get(timeout=20)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(got, expected)
+
+
+def _native_in(q1, q2p, vp, wt):
+    out = torch.empty(1, 8, 12, 12)
+    assert native.sam_attention(q1, q2p, vp, wt, 7, 0.2, out) and native._state["threads"] == 2
+    return out

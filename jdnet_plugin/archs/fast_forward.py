@@ -38,21 +38,6 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def _mm(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-        out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x2d @ weight.T (+ bias)``, in the activations' dtype; ``out`` may be a strided column block
-    (BLAS writes it in place). The bias is added afterwards: ``addmm`` broadcasts it slowly."""
-    w = weight.reshape(weight.shape[0], -1).to(x2d.dtype).t()
-    y = torch.mm(x2d, w) if out is None else torch.mm(x2d, w, out=out)
-    return y if bias is None else y.add_(bias)
-
-
-def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """1x1 convolution of a channels_last tensor as one GEMM; the result is channels_last."""
-    b, c, h, w = x.shape
-    return _mm(_nhwc(x).reshape(-1, c), weight, bias).view(b, h, w, -1).permute(0, 3, 1, 2)
-
-
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) \
     if torch.backends.mkldnn.is_available() else None
 
@@ -64,28 +49,36 @@ def _autocast_on(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
-def _conv(conv: torch.nn.Conv2d, x: torch.Tensor, *, lrelu: bool = False, add: torch.Tensor | None = None,
-          mul: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``conv(x)`` (with ``weight`` instead of the module's if given), then ``+ add`` or ``* mul``, then
-    LeakyReLU if asked. On CPU in fp32 one oneDNN call with the extra operations fused (one pass over
-    the output instead of two or three); elsewhere the same in steps."""
-    weight = conv.weight if weight is None else weight
+def _conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0, stride: int = 1,
+            *, lrelu: bool = False, add: torch.Tensor | None = None, mul: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv2d(x)``, then ``+ add`` or ``* mul``, then LeakyReLU if asked. On CPU in fp32 one oneDNN call
+    with the extra operations fused (one pass over the output instead of two or three); elsewhere the
+    same in steps."""
     other = add if add is not None else mul
     if (_POINTWISE is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and not (lrelu and other is not None) and not _autocast_on("cpu")):
-        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        geometry = ([padding] * 2, [stride] * 2, [1, 1], 1)
         if other is None:
-            return _POINTWISE(x, weight, conv.bias, *geometry, "leaky_relu" if lrelu else "none",
+            return _POINTWISE(x, weight, bias, *geometry, "leaky_relu" if lrelu else "none",
                               [_SLOPE] if lrelu else [], "")
-        return _POINTWISE.binary(x, other, weight, conv.bias, *geometry, "add" if add is not None else "mul",
+        return _POINTWISE.binary(x, other, weight, bias, *geometry, "add" if add is not None else "mul",
                                  None, None, [], None)
-    y = conv._conv_forward(x, weight, conv.bias)
+    y = F.conv2d(x, weight, bias, stride, padding)
     if add is not None:
         y = y.add_(add)
     if mul is not None:
         y = y.mul_(mul)
     return F.leaky_relu_(y, _SLOPE) if lrelu else y
+
+
+def _conv(conv: torch.nn.Conv2d, x: torch.Tensor, **post) -> torch.Tensor:
+    """A square, zero-padded, ungrouped ``nn.Conv2d`` of this model through :func:`_conv2d`."""
+    return _conv2d(x, conv.weight, conv.bias, conv.padding[0], conv.stride[0], **post)
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """1x1 convolution with a 2-D ``(out, in)`` weight (a slice of a wider one); channels_last stays so."""
+    return _conv2d(x, weight.reshape(*weight.shape, 1, 1).contiguous(), bias)
 
 
 def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:

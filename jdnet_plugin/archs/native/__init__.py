@@ -100,6 +100,18 @@ def available() -> bool:
     return _library() is not None
 
 
+def _forget_pool_in_child() -> None:
+    # A forked child (a DataLoader worker) has the parent's pool object but none of its threads.
+    global _lock
+    _lock = threading.Lock()
+    _state.pop("pool", None)
+    _state.pop("threads", None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _pool(threads: int) -> ThreadPoolExecutor:
     with _lock:
         pool = _state.get("pool")
