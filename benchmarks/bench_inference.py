@@ -7,6 +7,7 @@ build the preset with fixed random weights, warm up on a 64x64 image, then time 
 
     python benchmarks/bench_inference.py                      # both presets at 320x480, 2 threads
     python benchmarks/bench_inference.py --preset jdnet-lite --size 1080x1920 --impl fast
+    JDNET_NATIVE=0 python benchmarks/bench_inference.py ...   # the fast path without its native attention kernel
 
 Writes ``benchmarks/results/inference-<tag>.json`` and ``.md`` (``--tag``, default ``cpu``).
 """
@@ -34,6 +35,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from jdnet_plugin.archs import native
     from jdnet_plugin.inference import derain_tensor
     from jdnet_plugin.registry import create_model
 
@@ -63,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
             sync()
             times.append(time.perf_counter() - t)
     rec = {"seconds": min(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_mb": rss_before}
+           "rss_before_mb": rss_before, "native_attention": args.impl == "fast" and native.available()}
     if args.device.startswith("cuda"):
         rec["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.save_output:
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 row[impl] = {"seconds_median": sec, "seconds_all": [x["seconds"] for x in ok],
                              "megapixels_per_s": size[0] * size[1] / 1e6 / sec,
                              "peak_rss_mb": max(x["peak_rss_mb"] for x in ok),
-                             "rss_before_forward_mb": min(x["rss_before_mb"] for x in ok)}
+                             "rss_before_forward_mb": min(x["rss_before_mb"] for x in ok),
+                             "native_attention": all(x.get("native_attention") for x in ok)}
                 if "cuda_peak_mb" in ok[0]:
                     row[impl]["cuda_peak_mb"] = max(x["cuda_peak_mb"] for x in ok)
             if len(impls) == 2 and "seconds_median" in row.get("fast", {}) and "seconds_median" in row.get("reference", {}):
@@ -188,6 +191,7 @@ def to_markdown(result: dict) -> str:
                 lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | error: {r['error']} | | | | |")
                 continue
             first = impl == "fast"
+            impl = impl + (" (native attention)" if r.get("native_attention") else "")
             lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | {r['seconds_median']:.2f} | "
                          f"{r['megapixels_per_s']:.4f} | {r['peak_rss_mb']:.0f} | "
                          f"{row['speedup']:.1f}x | {row['max_abs_diff_fast_vs_reference']:.2g} |" if first and "speedup" in row

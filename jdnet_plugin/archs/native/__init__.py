@@ -49,37 +49,47 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
+    """Build ``target`` atomically; None on success, else the compiler's complaint."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, *flags, "-o", tmp, str(_SOURCE), "-lm"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)}\n{done.stderr[-2000:]}"
+        os.replace(tmp, target)  # atomic: a concurrent build or a reader never sees half a file
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{' '.join(cmd)}: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _build() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        log.warning("jdnet_plugin: no C compiler found; the attention runs in PyTorch (slower)")
+        log.warning("jdnet_plugin: no C compiler found; the attention runs in PyTorch (slower). "
+                    "Install one (gcc, clang) or set JDNET_NATIVE=0 to silence this.")
         return None
-    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
-                                     _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"sam_attention-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                log.warning("jdnet_plugin: building the native attention kernel failed (%s); using PyTorch.\n%s",
-                            " ".join(cmd), done.stderr[-2000:])
-                return None
-            os.replace(tmp, target)  # atomic: a concurrent build or a reader never sees half a file
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("jdnet_plugin: could not run the C compiler (%s); using PyTorch", exc)
-            return None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
-    fn = lib.jdnet_sam_rows
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
-    return lib
+    errors = []
+    for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+        key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), compiler.encode(), " ".join(flags).encode(),
+                                         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+        target = cache_dir() / "kernels" / f"sam_attention-{key}.so"
+        error = None if target.exists() else _compile(compiler, flags, target)
+        if error is None:
+            lib = ctypes.CDLL(str(target))
+            fn = lib.jdnet_sam_rows
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+            return lib
+        errors.append(error)
+    log.warning("jdnet_plugin: building the native attention kernel failed; the attention runs in PyTorch "
+                "(slower). Set JDNET_NATIVE=0 to silence this.\n%s", "\n".join(errors))
+    return None
 
 
 def _library() -> ctypes.CDLL | None:
