@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the shipped default weights in two stages (stage 2 fine-tunes stage 1's best.pt).
+# Reproduces the shipped default weights in three stages (each fine-tunes the previous stage's best.pt).
 # Usage: bash configs/train_default_weights.sh [extra train flags, given to both stages]
 # Rerunning resumes each stage from its latest.pt; a finished stage is skipped.
 # Needs ../shared/data/clean (see ../shared/data/SOURCES.md).
@@ -21,4 +21,6 @@ fi
   --data "${DATA[@]}" --val "$RUN/val" --out "$RUN" "$@"
 [ -f "$RUN-stage2/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/default-weights-stage2.yaml \
   --init "$RUN/best.pt" --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-stage2" "$@"
-echo "default weights: $RUN-stage2/best.pt"
+[ -f "$RUN-stage3/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/default-weights-stage3.yaml \
+  --init "$RUN-stage2/best.pt" --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-stage3" "$@"
+echo "default weights: $RUN-stage3/best.pt"
