@@ -11,7 +11,7 @@ from jdnet_plugin.utils.host_memory import empty_huge
 glibc = pytest.mark.skipif(host_memory._libc() is None, reason="glibc on Linux only")
 
 # Allocates three 30 MB tensors, touches them, frees them, ten times; prints the minor page faults of
-# the last nine rounds. glibc's default gives most of the freed 90 MB back to the kernel each round.
+# the last nine rounds.
 _CHURN = """
 import resource, sys, torch
 from jdnet_plugin.utils.host_memory import keep_freed_memory
@@ -38,8 +38,10 @@ def test_keep_freed_memory_avoids_refaulting_freed_blocks():
     kept, kept_on = _faults("1")
     default, default_on = _faults("0")
     assert (kept_on, default_on) == ("True", "False")
-    assert default > 9 * 7000  # 30 MB = 7,300 pages: every round faults at least one of them in again
-    assert kept < default / 10
+    # 27 allocations of 30 MB (7,300 pages each): kept, at most about one of them is faulted in; glibc's default
+    # (whose dynamic thresholds vary from run to run) gives some back and faults them in again.
+    assert kept < 2 * 7300
+    assert kept < default / 2
 
 
 @pytest.mark.parametrize("numel", [1000, (64 << 20) // 4 + 3])
