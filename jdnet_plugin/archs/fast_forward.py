@@ -103,7 +103,8 @@ def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,
                          weight: torch.Tensor, bias: torch.Tensor, kernel_size: int,
                          band_pixels: int = BAND_PIXELS) -> torch.Tensor:
-    """SAM's attention (relation, folded ``conv_w``, softmax, aggregation) band by band.
+    """SAM's attention (relation, folded ``conv_w``, softmax, aggregation): the native kernel where it is
+    available (fp32 CPU), otherwise band by band in PyTorch (``band_pixels`` per band).
 
     ``x1, x2``: ``(B, r, H, W)`` relation embeddings; ``x3``: ``(B, M, H, W)`` values; ``pos``:
     ``(1, 2, H, W)`` the position map after ``conv_p``; ``weight``: ``(S, r + 2)`` the product of
@@ -309,7 +310,7 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
             y.addmm_(flat[:, known:(i + 2) * c], weights[i][:, known:].t())
         if fuse[0].bias is not None:
             y.add_(fuse[0].bias)  # y is a column block of the scratch products
-        out = torch.ops.aten.leaky_relu.out(y, _SLOPE, out=torch.empty(y.shape, dtype=y.dtype, device=y.device))
+        out = torch.ops.aten.leaky_relu.out(y, _SLOPE, out=torch.empty_like(y, memory_format=torch.contiguous_format))
         out = out.view(b, h, w, c).permute(0, 3, 1, 2)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format

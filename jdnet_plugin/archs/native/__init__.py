@@ -75,9 +75,9 @@ def _build() -> ctypes.CDLL | None:
                     "Install one (gcc, clang) or set JDNET_NATIVE=0 to silence this.")
         return None
     errors = []
+    build_inputs = [_SOURCE.read_bytes(), compiler.encode(), _cpu_flags().encode(), platform.machine().encode()]
     for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
-        key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), compiler.encode(), " ".join(flags).encode(),
-                                         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([*build_inputs, " ".join(flags).encode()])).hexdigest()[:16]
         target = cache_dir() / "kernels" / f"sam_attention-{key}.so"
         error = None if target.exists() else _compile(compiler, flags, target)
         if error is None:
