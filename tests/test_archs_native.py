@@ -7,50 +7,98 @@ import pytest
 import torch
 
 from jdnet_plugin.archs import native
-from jdnet_plugin.archs.fast_forward import sam_attention_banded
+from jdnet_plugin.archs.fast_forward import _san
+from jdnet_plugin.archs.jdnet_arch import SANBottleneck
 
 has_compiler = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
+needs_compiler = pytest.mark.skipif(not has_compiler, reason="no C compiler")
 
 
-@pytest.mark.skipif(not has_compiler, reason="no C compiler")
+def _bottleneck(c: int, r: int, m: int, s: int, k: int, seed: int = 0) -> SANBottleneck:
+    torch.manual_seed(seed)
+    san = SANBottleneck(c, r, m, s, k).eval()
+    for bn in (san.bn1, san.bn2):  # non-trivial eval statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(bn.bias, -0.3, 0.3)
+    return san
+
+
+def _features(b: int, c: int, h: int, w: int, spaced: bool, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Channels-last features, or (``spaced``) a column block of a wider matrix with a bias to apply."""
+    g = torch.Generator().manual_seed(seed)
+    if not spaced:
+        return torch.randn(b, c, h, w, generator=g).contiguous(memory_format=torch.channels_last), None
+    wide = torch.randn(b * h * w, 3 * c, generator=g)
+    return wide[:, c:2 * c].view(b, h, w, c).permute(0, 3, 1, 2), torch.randn(c, generator=g)
+
+
+@needs_compiler
 def test_kernel_builds_where_a_compiler_exists():
     assert native.available()
-    assert list((native.cache_dir() / "kernels").glob("sam_attention-*.so"))
+    assert list((native.cache_dir() / "kernels").glob("san-*.so"))
 
 
-@pytest.mark.skipif(not has_compiler, reason="no C compiler")
-@pytest.mark.parametrize("b, r, m, s, h, w, k, threads", [
-    (2, 2, 8, 1, 37, 29, 7, 2), (1, 2, 8, 2, 9, 13, 7, 1), (1, 4, 16, 4, 20, 31, 5, 3), (1, 2, 4, 1, 4, 4, 7, 2),
+@needs_compiler
+@pytest.mark.parametrize("b, c, r, m, s, h, w, k, threads, spaced", [
+    (2, 32, 2, 8, 1, 37, 29, 7, 2, False),  # the paper's widths; rows split unevenly
+    (1, 32, 2, 8, 1, 9, 50, 7, 2, True),    # a dense fusion's output with its bias
+    (1, 16, 1, 4, 1, 20, 31, 7, 1, True),   # jdnet-lite's widths
+    (1, 12, 2, 6, 2, 11, 17, 5, 3, False),  # channels not a multiple of 8; two weight maps
+    (1, 40, 4, 16, 4, 8, 8, 3, 2, False),   # more than 8 values; four weight maps
+    (1, 32, 2, 8, 1, 4, 4, 7, 2, True),     # the smallest image the 7x7 reflection allows
 ])
-def test_native_attention_matches_pytorch(b, r, m, s, h, w, k, threads, monkeypatch):
-    g = torch.Generator().manual_seed(h * w)
-    x1, x2 = torch.randn(b, r, h, w, generator=g), torch.randn(b, r, h, w, generator=g)
-    x3, pos = torch.randn(b, m, h, w, generator=g), torch.randn(1, 2, h, w, generator=g)
-    wt, bias = torch.randn(s, r + 2, generator=g), torch.randn(s, generator=g)
+def test_native_bottleneck_matches_pytorch(b, c, r, m, s, h, w, k, threads, spaced, monkeypatch):
+    san = _bottleneck(c, r, m, s, k)
+    x, bias = _features(b, c, h, w, spaced)
+    x_before = x.clone()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fast = sam_attention_banded(x1, x2, x3, pos, wt, bias, k)
+        with torch.no_grad():
+            fast = _san(san, x, 2048, bias)
     finally:
         torch.set_num_threads(old)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # the input is left alone
     monkeypatch.setitem(native._state, "lib", None)
-    ref = sam_attention_banded(x1, x2, x3, pos, wt, bias, k)
-    assert fast.shape == (b, m, h, w)
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        ref = _san(san, x.clone(), 2048, bias)  # the PyTorch path may write into its input
+        module = san(x if bias is None else torch.nn.functional.leaky_relu(x + bias.view(-1, 1, 1), 0.2))
+    assert fast.shape == (b, c, h, w) and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(fast, module, rtol=0, atol=2e-5)
 
 
-def test_other_dtypes_and_layouts_are_declined():
-    q = torch.zeros(1, 4, 8, 8, dtype=torch.float64)
-    assert not native.sam_attention(q, q, q, torch.zeros(1, 4, dtype=torch.float64), 3, 0.2, q)
-    q32 = torch.zeros(1, 4, 8, 8).transpose(2, 3)
-    assert not native.sam_attention(q32, q32, q32, torch.zeros(1, 4), 3, 0.2, q32)
+def test_batch_statistics_and_other_dtypes_take_pytorch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(native, "san_bottleneck", lambda *a, **k: calls.append(1) or False)
+    san = _bottleneck(32, 2, 8, 1, 7)
+    x, _ = _features(1, 32, 9, 9, False)
+    with torch.no_grad():
+        _san(san.double(), x.double(), 2048)
+        _san(san.float().train(), x, 2048)
+    assert calls == []  # declined before the native call: no eval statistics, or not fp32
 
 
-@pytest.mark.skipif(not has_compiler, reason="no C compiler")
+def _args(h: int = 4):
+    """Arguments of ``native.san_bottleneck`` after ``x, in_bias`` for C 8, R 1, M 2, S 1, k 3."""
+    return ((torch.ones(8), torch.zeros(8)), (torch.zeros(4, 8), torch.zeros(4)), torch.zeros(1, 2, h, 4),
+            torch.zeros(1, 3), (torch.ones(2), torch.zeros(2)), (torch.zeros(8, 2), torch.zeros(8)), 3, 0.2)
+
+
+def test_unsuitable_tensors_are_declined():
+    x = torch.zeros(1, 4, 4, 8)
+    assert not native.san_bottleneck(x.double(), None, *_args(), x.double())
+    assert not native.san_bottleneck(x.transpose(1, 2), None, *_args(), x)  # pixels not in row order
+    assert not native.san_bottleneck(x, None, *_args(), x.transpose(1, 2))  # output not contiguous
+
+
+@needs_compiler
 def test_inconsistent_shapes_are_an_error():
-    q1, q2p, vp = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 10, 10), torch.zeros(1, 8, 10, 10)
+    x = torch.zeros(1, 4, 4, 8)
     with pytest.raises(ValueError, match="inconsistent shapes"):
-        native.sam_attention(q1, q2p, vp, torch.zeros(3, 4), 3, 0.2, torch.zeros(1, 8, 8, 8))
+        native.san_bottleneck(x, None, *_args(h=5), x.clone())  # a position map of another height
 
 
 def test_disabled_by_environment(tmp_path):
@@ -66,29 +114,53 @@ def test_a_failing_compiler_falls_back_with_a_warning(tmp_path):
     env = dict(os.environ, CC="false", JDNET_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
-    assert "building the native attention kernel failed" in done.stderr
+    assert "building the native kernels failed" in done.stderr
     assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written library left behind
 
 
-@pytest.mark.skipif(not has_compiler or not hasattr(os, "fork"), reason="no C compiler or no fork")
-def test_forked_child_gets_its_own_thread_pool():
+@needs_compiler
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_forked_child_runs_the_kernel():
+    # A DataLoader worker is a forked child of a process whose threads (OpenMP's or the fallback pool's)
+    # it does not have; like PyTorch's own OpenMP kernels, the kernel runs there once the worker has set
+    # one thread, as DataLoader workers do.
     import multiprocessing as mp
-    g = torch.Generator().manual_seed(0)
-    q1, q2p, vp = torch.randn(1, 4, 12, 12, generator=g), torch.randn(1, 4, 18, 18, generator=g), \
-        torch.randn(1, 8, 18, 18, generator=g)
-    wt = torch.randn(1, 4, generator=g)
+    san = _bottleneck(32, 2, 8, 1, 7)
+    x, bias = _features(1, 32, 12, 12, True)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        expected = _native_in(q1, q2p, vp, wt)  # the parent's two-thread pool exists now
-        with mp.get_context("fork").Pool(1) as pool:  # would hang on the parent's pool, whose threads it lacks
-            got = pool.apply_async(_native_in, (q1, q2p, vp, wt)).get(timeout=20)
+        expected = _bottleneck_in(san, x, bias)  # the parent's threads exist now
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_bottleneck_in, (san, x, bias, 1)).get(timeout=60)
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(got, expected)
 
 
-def _native_in(q1, q2p, vp, wt):
-    out = torch.empty(1, 8, 12, 12)
-    assert native.sam_attention(q1, q2p, vp, wt, 7, 0.2, out) and native._state["threads"] == 2
-    return out
+def _bottleneck_in(san, x, bias, threads=None):
+    if threads:
+        torch.set_num_threads(threads)
+    assert native.available()
+    with torch.no_grad():
+        return _san(san, x, 2048, bias)
+
+
+@needs_compiler
+def test_a_build_without_openmp_splits_rows_over_a_pool(monkeypatch):
+    monkeypatch.setattr(native, "_OPTIONAL_FLAGS", ([],))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.available() and not native._library().jdnet_openmp()
+    san = _bottleneck(16, 1, 4, 1, 7)
+    x, bias = _features(2, 16, 23, 19, True)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fast = _san(san, x, 2048, bias)
+    finally:
+        torch.set_num_threads(old)
+    assert native._state["threads"] == 2  # the pool ran the rows
+    monkeypatch.setitem(native._state, "lib", None)
+    with torch.no_grad():
+        torch.testing.assert_close(fast, _san(san, x, 2048, bias), rtol=0, atol=2e-5)

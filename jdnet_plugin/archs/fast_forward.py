@@ -85,17 +85,26 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     return _conv2d(x, weight.reshape(*weight.shape, 1, 1).contiguous(), bias)
 
 
-def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``lrelu(bn(x))``; in eval mode as one per-channel multiply-add (the module's kernel is several times
-    slower on channels_last)."""
+def _bn_affine(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An eval-mode BatchNorm as per-channel ``(scale, shift)``; None where it uses batch statistics."""
     if bn.training or bn.running_mean is None:
-        return F.leaky_relu_(bn(x), _SLOPE)
+        return None
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
+    return scale, shift
+
+
+def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``lrelu(bn(x))``; in eval mode as one per-channel multiply-add (the module's kernel is several times
+    slower on channels_last)."""
+    affine = _bn_affine(bn)
+    if affine is None:
+        return F.leaky_relu_(bn(x), _SLOPE)
+    scale, shift = affine
     view = (-1, 1, 1)
     return F.leaky_relu_(torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view)), _SLOPE)
 
@@ -103,8 +112,8 @@ def _bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,
                          weight: torch.Tensor, bias: torch.Tensor, kernel_size: int,
                          band_pixels: int = BAND_PIXELS) -> torch.Tensor:
-    """SAM's attention (relation, folded ``conv_w``, softmax, aggregation): the native kernel where it is
-    available (fp32 CPU), otherwise band by band in PyTorch (``band_pixels`` per band).
+    """SAM's attention (relation, folded ``conv_w``, softmax, aggregation) band by band (``band_pixels``
+    per band), for where the native bottleneck (:func:`_san_native`) does not run.
 
     ``x1, x2``: ``(B, r, H, W)`` relation embeddings; ``x3``: ``(B, M, H, W)`` values; ``pos``:
     ``(1, 2, H, W)`` the position map after ``conv_p``; ``weight``: ``(S, r + 2)`` the product of
@@ -126,8 +135,6 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     q2 = F.pad(torch.cat([x2.to(dt), pos], 1), (pad,) * 4, mode="reflect")
     vp = F.pad(x3.to(dt), (pad,) * 4, mode="reflect")
     out = torch.empty(b, m, h, w, dtype=dt, device=x1.device)
-    if native.sam_attention(q1, q2, vp, weight.contiguous(), kernel_size, _SLOPE, out):
-        return out
     rows = max(1, min(h, band_pixels // w))
     # One scratch buffer for all bands: fresh multi-MB tensors per band cost page faults.
     scratch = torch.empty(b * (c + m) * kk * rows * w, dtype=dt, device=x1.device)
@@ -148,7 +155,32 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     return out
 
 
-def _san(san, x: torch.Tensor, band_pixels: int) -> torch.Tensor:
+def _san_native(san, x: torch.Tensor, in_bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole bottleneck as one native call (see ``native/san.c``), or None where it does not apply."""
+    sam = san.sam
+    bn1, bn2 = _bn_affine(san.bn1), _bn_affine(san.bn2)
+    if bn1 is None or bn2 is None or x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on("cpu"):
+        return None
+    b, c, h, w = x.shape
+    _, c1, c2 = sam.conv_w
+    pos = sam.conv_p(position(h, w, device=x.device, dtype=x.dtype))
+    proj = (torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1).contiguous(),
+            torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias]))
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    done = native.san_bottleneck(_nhwc(x), in_bias, bn1, proj, pos.contiguous(),
+                                 (c2.weight.flatten(1) @ c1.weight.flatten(1)).contiguous(), bn2,
+                                 (san.conv.weight.flatten(1), san.conv.bias), sam.kernel_size, _SLOPE, _nhwc(out))
+    return out if done else None
+
+
+def _san(san, x: torch.Tensor, band_pixels: int, in_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:class:`SANBottleneck` of ``x``, or of ``lrelu(x + in_bias)`` where ``in_bias`` is given."""
+    _check_size(x, san.sam.kernel_size)
+    out = _san_native(san, x, in_bias)
+    if out is not None:
+        return out
+    if in_bias is not None:
+        x = _activate(x, in_bias)
     sam = san.sam
     o = _bn_lrelu(san.bn1, x)
     b, c, h, w = o.shape
@@ -263,15 +295,24 @@ def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor) -> None:
     torch.ops.aten.leaky_relu.out(_nhwc(y).reshape(out.shape), _SLOPE, out=out)
 
 
-def _unit(unit, x: torch.Tensor, band_pixels: int, out: torch.Tensor) -> None:
-    """One joint unit; its output is written into ``out`` ``(B*H*W, C)``."""
+def _unit(unit, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int, out: torch.Tensor) -> None:
+    """One joint unit of ``x``, or of ``lrelu(x + in_bias)`` where ``in_bias`` is given; its output is
+    written into ``out`` ``(B*H*W, C)``."""
     if hasattr(unit, "san"):
-        x = _san(unit.san, x, band_pixels)
+        x = _san(unit.san, x, band_pixels, in_bias)
+    elif in_bias is not None:
+        x = _activate(x, in_bias)
     fused = _scale_fusion(unit, x).add_(x)
     if hasattr(unit, "scn"):
         _self_calibrated(unit.scn, fused, out)
     else:
         out.copy_(_nhwc(fused).reshape(out.shape))
+
+
+def _activate(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``lrelu(x + bias)`` of a ``(B, C, H, W)`` view of a channels-last matrix's columns, channels_last."""
+    y = torch.add(x, bias.view(-1, 1, 1), out=torch.empty_like(x, memory_format=torch.channels_last))
+    return F.leaky_relu_(y, _SLOPE)
 
 
 def _fusion_block(channels: int, units: int) -> int:
@@ -293,12 +334,12 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
     buf = empty_huge(b, h, w, (n + 1) * c, dtype=feat.dtype, device=feat.device)
     flat = buf.view(-1, (n + 1) * c)
     buf[..., :c] = _nhwc(feat)
-    out = feat
+    out, out_bias = feat, None  # the next unit's input is lrelu(out + out_bias) where out_bias is set
     block = _fusion_block(c, n)
     partial_buf = empty_huge(flat.shape[0], block * c, dtype=flat.dtype, device=flat.device)
     weights = [fuse[0].weight.flatten(1).to(flat.dtype) for fuse in chain.conv1x1]
     for i, (unit, fuse) in enumerate(zip(chain.units, chain.conv1x1)):
-        _unit(unit, out, band_pixels, flat[:, (i + 1) * c:(i + 2) * c])
+        _unit(unit, out, out_bias, band_pixels, flat[:, (i + 1) * c:(i + 2) * c])
         if i % block == 0:
             # Fusion i reads features 0..i+1; so do fusions i+1.. of this block, which add the features
             # made after it. One GEMM over the prefix, 4x wider, instead of one per unit.
@@ -308,10 +349,11 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
         y = partial[:, (i - first) * c:(i - first + 1) * c]
         if (i + 2) * c > known:
             y.addmm_(flat[:, known:(i + 2) * c], weights[i][:, known:].t())
-        if fuse[0].bias is not None:
-            y.add_(fuse[0].bias)  # y is a column block of the scratch products
-        out = torch.ops.aten.leaky_relu.out(y, _SLOPE, out=torch.empty_like(y, memory_format=torch.contiguous_format))
-        out = out.view(b, h, w, c).permute(0, 3, 1, 2)
+        # The fusion's bias and LeakyReLU: left to the next unit, which applies them as it reads y (a
+        # column block of the scratch products, read before the next GEMM overwrites them).
+        out = y.view(b, h, w, c).permute(0, 3, 1, 2)
+        out_bias = fuse[0].bias if fuse[0].bias is not None else torch.zeros(c, dtype=y.dtype, device=y.device)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
+    out = out if out_bias is None else _activate(out, out_bias)
     return model.exitBlock(out).contiguous(memory_format=fmt)

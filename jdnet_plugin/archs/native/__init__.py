@@ -1,10 +1,12 @@
 """Optional native CPU kernels, compiled on first use with the system's C compiler.
 
 SAN's authors compiled their attention kernels at run time (CuPy); StyleGAN's custom ops do the same
-with a fallback. Here the one kernel is plain C (no Python or PyTorch headers, about a second to
-build), cached under ``$JDNET_CACHE_DIR`` (default ``~/.cache/jdnet_plugin``), called through
-``ctypes`` (which releases the GIL) from a small thread pool. Where no compiler is found, the build
-fails, or ``JDNET_NATIVE=0``, :func:`sam_attention` returns False and callers use PyTorch.
+with a fallback. Here the kernel (``san.c``: the SAN bottleneck with its attention) is plain C (no Python or PyTorch
+headers, about a second to build), cached under ``$JDNET_CACHE_DIR`` (default
+``~/.cache/jdnet_plugin``), called through ``ctypes``. It splits the image's rows over PyTorch's own
+OpenMP threads where the compiler has OpenMP, else over a small thread pool here. Where no compiler is
+found, the build fails, or ``JDNET_NATIVE=0``, :func:`san_bottleneck` returns False and callers use
+PyTorch.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "sam_attention", "cache_dir"]
+__all__ = ["available", "san_bottleneck", "cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("sam_attention.c")
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
+_SOURCE = Path(__file__).with_name("san.c")
+_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-shared"]
+# Tried in order: OpenMP (the kernels then run on PyTorch's own thread team) and this CPU's vector units;
+# without either where the compiler or its runtime lacks them.
+_OPTIONAL_FLAGS = (["-fopenmp", "-march=native"], ["-fopenmp"], ["-march=native"], [])
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -76,18 +81,19 @@ def _build() -> ctypes.CDLL | None:
         return None
     errors = []
     build_inputs = [_SOURCE.read_bytes(), compiler.encode(), _cpu_flags().encode(), platform.machine().encode()]
-    for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+    for flags in ([*_FLAGS, *extra] for extra in _OPTIONAL_FLAGS):
         key = hashlib.sha256(b"\0".join([*build_inputs, " ".join(flags).encode()])).hexdigest()[:16]
-        target = cache_dir() / "kernels" / f"sam_attention-{key}.so"
+        target = cache_dir() / "kernels" / f"san-{key}.so"
         error = None if target.exists() else _compile(compiler, flags, target)
         if error is None:
             lib = ctypes.CDLL(str(target))
-            fn = lib.jdnet_sam_rows
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+            ptr, i32 = ctypes.c_void_p, ctypes.c_int
+            lib.jdnet_san.argtypes = [ptr, ctypes.c_long] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
+            for fn in (lib.jdnet_san, lib.jdnet_openmp):
+                fn.restype = i32
             return lib
         errors.append(error)
-    log.warning("jdnet_plugin: building the native attention kernel failed; the attention runs in PyTorch "
+    log.warning("jdnet_plugin: building the native kernels failed; the attention runs in PyTorch "
                 "(slower). Set JDNET_NATIVE=0 to silence this.\n%s", "\n".join(errors))
     return None
 
@@ -100,7 +106,7 @@ def _library() -> ctypes.CDLL | None:
                 try:
                     lib = _build()
                 except OSError as exc:  # a cached file that does not load
-                    log.warning("jdnet_plugin: native attention kernel unusable (%s); using PyTorch", exc)
+                    log.warning("jdnet_plugin: native kernels unusable (%s); using PyTorch", exc)
             _state["lib"] = lib
         return _state["lib"]
 
@@ -133,35 +139,64 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def sam_attention(q1: torch.Tensor, q2p: torch.Tensor, vp: torch.Tensor, weight: torch.Tensor,
-                  kernel_size: int, slope: float, out: torch.Tensor) -> bool:
-    """Fill ``out`` ``(B, M, H, W)`` with SAM's attention (see ``sam_attention.c`` for the shapes), or return
-    False when the native kernel is not available or the tensors are not contiguous fp32 CPU tensors."""
-    tensors = (q1, q2p, vp, weight, out)
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+def _run_rows(kernel, batch: int, height: int, name: str) -> None:
+    """``kernel(image, y0, y1, chunk, threads)`` over all images and ranges of rows on
+    ``torch.get_num_threads()`` threads: the kernel's own OpenMP loop where it has one, else a thread pool
+    here."""
+    threads = max(1, torch.get_num_threads())
+    rows = max(1, -(-height // (2 * threads)))  # two ranges per thread per image: some balance, little overhead
+    if _library().jdnet_openmp():
+        codes = [kernel(i, 0, height, rows, threads) for i in range(batch)]
+    else:
+        jobs = [(i, y0, min(height, y0 + rows), rows, 1) for i in range(batch) for y0 in range(0, height, rows)]
+        if threads == 1 or len(jobs) == 1:
+            codes = [kernel(*job) for job in jobs]
+        else:
+            codes = list(_pool(threads).map(lambda job: kernel(*job), jobs))
+    if any(codes):
+        raise MemoryError(f"{name}: the native kernel could not allocate its scratch rows")
+
+
+def _usable(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1: tuple[torch.Tensor, torch.Tensor],
+                   proj: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor, weight: torch.Tensor,
+                   bn2: tuple[torch.Tensor, torch.Tensor], conv: tuple[torch.Tensor, torch.Tensor],
+                   kernel_size: int, slope: float, out: torch.Tensor) -> bool:
+    """The SAN bottleneck ``conv(lrelu(bn2(sam(lrelu(bn1(x)))))) + x`` into ``out`` ``(B, H, W, C)``
+    (channels-last storage), or False when the native kernels are not available or the tensors do not
+    suit them.
+
+    ``x``: ``(B, H, W, C)`` whose pixels may be spaced (a column block of a wider matrix); with
+    ``in_bias`` ``(C,)`` the input is ``lrelu(x + in_bias)``. ``bn1``, ``bn2``: eval BatchNorms as
+    (scale, shift); ``proj``: ``conv1, conv2, conv3`` stacked, ``(2R + M, C)`` and bias; ``pos``:
+    ``(1, 2, H, W)`` after ``conv_p``; ``weight``: ``(S, R + 2)`` ``conv_w`` folded; ``conv``: the last
+    1x1 as ``(C, M)`` weight and ``(C,)`` bias."""
+    b, h, w, c = x.shape
+    ldx = x.stride(2)
+    (s1, t1), (wp, bp), (s2, t2), (wo, bo) = bn1, proj, bn2, conv
+    wo = wo.t().contiguous()
+    params = [s1, t1, wp, bp, pos, weight, s2, t2, wo, bo] + ([in_bias] if in_bias is not None else [])
+    if not (_usable(*params, out) and x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(3) == 1
+            and x.stride(1) == w * ldx and x.stride(0) == h * w * ldx):
         return False
     lib = _library()
     if lib is None:
         return False
-    b, c, h, w = q1.shape
-    m, s = out.shape[1], weight.shape[0]
-    pad = kernel_size // 2
-    if (q2p.shape != (b, c, h + 2 * pad, w + 2 * pad) or vp.shape != (b, m, h + 2 * pad, w + 2 * pad)
-            or weight.shape != (s, c) or out.shape != (b, m, h, w) or m % s):
-        raise ValueError("sam_attention: inconsistent shapes "
-                         f"{[tuple(t.shape) for t in tensors]} for kernel_size {kernel_size}")
-    threads = max(1, torch.get_num_threads())
-    rows = max(1, -(-h // (2 * threads)))  # two chunks per thread per image: some balance, little overhead
+    m, s, r = wo.shape[0], weight.shape[0], (wp.shape[0] - wo.shape[0]) // 2
+    if (wp.shape != (2 * r + m, c) or weight.shape != (s, r + 2) or pos.shape != (1, 2, h, w)
+            or out.shape != (b, h, w, c) or m % s or wo.shape != (m, c)):
+        raise ValueError("san_bottleneck: inconsistent shapes "
+                         f"{[tuple(t.shape) for t in (x, wp, pos, weight, wo, out)]}")
+    bias_ptr = in_bias.data_ptr() if in_bias is not None else None
 
-    def run(i: int, y0: int) -> int:
-        return lib.jdnet_sam_rows(q1[i].data_ptr(), q2p[i].data_ptr(), vp[i].data_ptr(), weight.data_ptr(),
-                                  out[i].data_ptr(), c, m, s, h, w, kernel_size, slope, y0, min(h, y0 + rows))
+    def rows(i: int, y0: int, y1: int, chunk: int, threads: int) -> int:
+        return lib.jdnet_san(x[i].data_ptr(), ldx, bias_ptr, s1.data_ptr(), t1.data_ptr(), wp.data_ptr(),
+                             bp.data_ptr(), pos.data_ptr(), weight.data_ptr(), s2.data_ptr(), t2.data_ptr(),
+                             wo.data_ptr(), bo.data_ptr(), out[i].data_ptr(),
+                             c, r, m, s, h, w, kernel_size, slope, y0, y1, chunk, threads)
 
-    jobs = [(i, y0) for i in range(b) for y0 in range(0, h, rows)]
-    if threads == 1 or len(jobs) == 1:
-        codes = [run(i, y0) for i, y0 in jobs]
-    else:
-        codes = list(_pool(threads).map(lambda job: run(*job), jobs))
-    if any(codes):
-        raise MemoryError("sam_attention: the native kernel could not allocate its scratch rows")
+    _run_rows(rows, b, h, "san_bottleneck")
     return True

@@ -1,0 +1,263 @@
+/* JDNet's SAN bottleneck on CPU, fused:
+ *     out = conv1x1(lrelu(bn2(sam(lrelu(bn1(x)))))) + x
+ * for one image, reading and writing channels-last features. No Python or PyTorch headers; vectors
+ * are GCC/Clang vector extensions of 8 floats (AVX where the build targets it, pairs of SSE otherwise).
+ *
+ * jdnet_san takes rows [y0, y1) and splits them into ranges of `chunk` rows, run on `threads` threads
+ * where this file is built with OpenMP. Loaded into a process that runs PyTorch, the OpenMP runtime is
+ * PyTorch's own (the same libgomp.so.1), so the ranges run on its thread team instead of on threads
+ * that compete with it for the cores. Each range recomputes the k/2 rows of projections it shares
+ * with its neighbours. Returns 0, or -1 if scratch memory could not be allocated; jdnet_openmp says
+ * whether this build runs in parallel.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32)));
+
+static inline v8 ld(const float *p) { return *(const v8u *)p; }
+static inline void st(float *p, v8 v) { *(v8u *)p = v; }
+static inline v8 bc(float s) { return (v8){s, s, s, s, s, s, s, s}; }
+static inline v8 vsel(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
+#ifdef __AVX__
+static inline v8 vmax(v8 a, v8 b) { return __builtin_ia32_maxps256(a, b); }
+#else
+static inline v8 vmax(v8 a, v8 b) { return vsel(a > b, a, b); }
+#endif
+/* LeakyReLU for slopes in [0, 1]. */
+static inline v8 vlrelu(v8 v, float slope) { return vmax(v, v * bc(slope)); }
+static inline float lrelu(float v, float slope) { return v > 0.f ? v : slope * v; }
+
+/* exp(x) for x <= 0 (softmax logits minus their maximum): 2^n * p(r), x = n ln2 + r, |r| < ln2;
+ * relative error about 2e-7 (a degree-7 Taylor polynomial); below -87, 0. */
+static inline v8 vexp_neg(v8 x)
+{
+    const v8 lo = bc(-87.f);
+    v8i under = x < lo;
+    x = vsel(under, lo, x);
+    v8i n = __builtin_convertvector(x * bc(1.44269504088896341f), v8i);  /* truncates: |r| < ln2 */
+    v8 nf = __builtin_convertvector(n, v8);
+    v8 r = x - nf * bc(0.693359375f) + nf * bc(2.12194440e-4f);
+    v8 p = bc(1.f / 5040.f);
+    p = p * r + bc(1.f / 720.f);
+    p = p * r + bc(1.f / 120.f);
+    p = p * r + bc(1.f / 24.f);
+    p = p * r + bc(1.f / 6.f);
+    p = p * r + bc(0.5f);
+    p = p * r + bc(1.f);
+    p = p * r + bc(1.f);
+    v8 scaled = (v8)((v8i)p + (n << 23));
+    return vsel(under, bc(0.f), scaled);
+}
+
+static inline int reflect(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+static inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+/* The input of pixel px at channel c: x, or lrelu(x + in_bias). */
+static inline float input_at(const float *px, const float *in_bias, int c, float slope)
+{
+    return in_bias ? lrelu(px[c] + in_bias[c], slope) : px[c];
+}
+
+#define JB 6 /* projection outputs per register block */
+#define MB 4 /* aggregated channels per register block */
+
+/* dst[j][i] = bp[j] + sum_c wp[j][c] * ob[c][i] for i < Wv (a multiple of 16); wp padded to a
+ * multiple of JB rows with zeros. */
+static void project_row(const float *ob, int Wv, const float *wp, const float *bp, int C, int J, float *const *dst)
+{
+    for (int jb = 0; jb < J; jb += JB) {
+        for (int i = 0; i < Wv; i += 16) {
+            v8 acc[JB][2];
+            for (int jj = 0; jj < JB; ++jj)
+                acc[jj][0] = acc[jj][1] = bc(jb + jj < J ? bp[jb + jj] : 0.f);
+            for (int c = 0; c < C; ++c) {
+                const v8 a = ld(ob + (size_t)c * Wv + i), b = ld(ob + (size_t)c * Wv + i + 8);
+                for (int jj = 0; jj < JB; ++jj) {
+                    const v8 w = bc(wp[(size_t)(jb + jj) * C + c]);
+                    acc[jj][0] += w * a;
+                    acc[jj][1] += w * b;
+                }
+            }
+            for (int jj = 0; jj < JB && jb + jj < J; ++jj) {
+                st(dst[jb + jj] + i, acc[jj][0]);
+                st(dst[jb + jj] + i + 8, acc[jj][1]);
+            }
+        }
+    }
+}
+
+/* Attention for one output row, 8 pixels at a time. q1: the centre row (channel stride q1s); q2, v:
+ * the padded row at the top of the window (channel stride q2s, row stride Wps); att: (M, Wv) out. */
+static void attend_row(const float *q1, size_t q1s, const float *q2, const float *v, size_t q2s, int Wps,
+                       const float *wt, float *att, int Wv, int Cq, int M, int S, int k, float slope, v8 *L)
+{
+    const int K = k * k;
+    for (int x = 0; x < Wv; x += 8) {
+        for (int j = 0; j < S; ++j) {
+            v8 mx = bc(-INFINITY);
+            for (int qi = 0, q = 0; qi < k; ++qi)
+                for (int qj = 0; qj < k; ++qj, ++q) {
+                    const size_t off = (size_t)qi * Wps + qj + x;
+                    v8 acc = bc(0.f);
+                    for (int c = 0; c < Cq; ++c)
+                        acc += bc(wt[j * Cq + c]) * vlrelu(ld(q1 + c * q1s + x) - ld(q2 + c * q2s + off), slope);
+                    L[q] = acc;
+                    mx = vmax(mx, acc);
+                }
+            v8 sum = bc(0.f);
+            for (int q = 0; q < K; ++q) {
+                L[q] = vexp_neg(L[q] - mx);
+                sum += L[q];
+            }
+            const v8 inv = bc(1.f) / sum;
+            for (int m0 = j; m0 < M; m0 += MB * S) {
+                v8 acc[MB] = {0};
+                for (int qi = 0, q = 0; qi < k; ++qi)
+                    for (int qj = 0; qj < k; ++qj, ++q) {
+                        const size_t off = (size_t)qi * Wps + qj + x;
+                        for (int mm = 0; mm < MB; ++mm)
+                            if (m0 + mm * S < M) acc[mm] += L[q] * ld(v + (size_t)(m0 + mm * S) * q2s + off);
+                    }
+                for (int mm = 0; mm < MB && m0 + mm * S < M; ++mm)
+                    st(att + (size_t)(m0 + mm * S) * Wv + x, acc[mm] * inv);
+            }
+        }
+    }
+}
+
+/* out[i][c] = input[i][c] + bo[c] + sum_m wo[m][c] * att[m][i] for one row of W pixels. */
+static void output_row(const float *xrow, long ldx, const float *in_bias, const float *att, int Wv,
+                       const float *wo, const float *bo, float *orow, int C, int M, int W, float slope)
+{
+    int cb = 0;
+    for (; cb + 8 <= C; cb += 8) {
+        const v8 b = ld(bo + cb), ib = in_bias ? ld(in_bias + cb) : bc(0.f);
+        for (int m0 = 0; m0 < M; m0 += 8) {
+            v8 w[8];
+            for (int m = 0; m < 8; ++m) w[m] = m0 + m < M ? ld(wo + (size_t)(m0 + m) * C + cb) : bc(0.f);
+            for (int i = 0; i < W; ++i) {
+                float *o = orow + (size_t)i * C + cb;
+                v8 acc;
+                if (m0 > 0) acc = ld(o);
+                else if (in_bias) acc = vlrelu(ld(xrow + (size_t)i * ldx + cb) + ib, slope) + b;
+                else acc = ld(xrow + (size_t)i * ldx + cb) + b;
+                for (int m = 0; m < 8 && m0 + m < M; ++m) acc += w[m] * bc(att[(size_t)(m0 + m) * Wv + i]);
+                st(o, acc);
+            }
+        }
+    }
+    for (; cb < C; ++cb)
+        for (int i = 0; i < W; ++i) {
+            float s = input_at(xrow + (size_t)i * ldx, in_bias, cb, slope) + bo[cb];
+            for (int m = 0; m < M; ++m) s += wo[(size_t)m * C + cb] * att[(size_t)m * Wv + i];
+            orow[(size_t)i * C + cb] = s;
+        }
+}
+
+/* The bottleneck for one image, rows [y0, y1):
+ *   x:       (H * W) pixels of C channels, pixel i at x + i * ldx (a channels-last tensor or a column
+ *            block of a wider matrix); with in_bias, the input is lrelu(x + in_bias) (a dense fusion's
+ *            bias and activation, applied here instead of in a pass of their own)
+ *   s1, t1:  (C) eval BatchNorm bn1 as scale and shift
+ *   wp, bp:  (2R + M, C), (2R + M) conv1, conv2, conv3 stacked
+ *   pos:     (2, H, W) the position map after conv_p
+ *   wt:      (S, R + 2) conv_w's two 1x1 convolutions multiplied (its bias cancels in the softmax)
+ *   s2, t2:  (M) bn2 as scale and shift
+ *   wo, bo:  (M, C) the final 1x1 convolution's weight transposed, (C) its bias
+ *   out:     (H * W, C) channels-last
+ * The attention: out_att[m, y, x] = sum_q softmax_q(logit[m % S, q]) * v[m, y + qi - p, x + qj - p]
+ * with logit[s, q] = sum_c wt[s, c] lrelu(q1[c, y, x] - q2[c, y + qi - p, x + qj - p]), q1 = (conv1, pos),
+ * q2 = (conv2, pos), v = conv3, neighbours outside the image reflected. */
+static int san_rows(const float *x, long ldx, const float *in_bias, const float *s1, const float *t1,
+                    const float *wp, const float *bp, const float *pos, const float *wt, const float *s2,
+                    const float *t2, const float *wo, const float *bo, float *out,
+                    int C, int R, int M, int S, int H, int W, int k, float slope, int y0, int y1)
+{
+    const int p = k / 2, K = k * k, n = y1 - y0, np = n + 2 * p, Cq = R + 2, J = 2 * R + M;
+    const int Wv = round_up(W, 16), Wps = Wv + 2 * p, Jp = round_up(J, JB);
+    const size_t q1s = (size_t)n * Wv, q2s = (size_t)np * Wps;
+    const size_t floats = (size_t)Cq * q1s + (size_t)(Cq + M) * q2s  /* Q1, Q2, V */
+                        + (size_t)(C + M + 1) * Wv                   /* ob, att, junk */
+                        + (size_t)Jp * C + 8 * (size_t)(K + 1);      /* padded wp, logits */
+    float *buf = (float *)calloc(floats, sizeof(float));
+    if (!buf) return -1;
+    float *Q1 = buf, *Q2 = Q1 + (size_t)Cq * q1s, *V = Q2 + (size_t)Cq * q2s, *ob = V + (size_t)M * q2s;
+    float *att = ob + (size_t)C * Wv, *junk = att + (size_t)M * Wv, *wpad = junk + Wv;
+    v8 *L = (v8 *)(((size_t)(wpad + (size_t)Jp * C) + 31) & ~(size_t)31);
+    memcpy(wpad, wp, sizeof(float) * (size_t)J * C);
+    float *dst[Jp];
+
+    /* Row by row: project row lr (reflected), then attend and output the row whose window it completes,
+     * while that row's input is still in cache. */
+    for (int lr = 0; lr < np; ++lr) {
+        const int sy = reflect(y0 - p + lr, H), centre = lr >= p && lr < p + n;
+        const float *row = x + (size_t)sy * W * ldx;
+        for (int i = 0; i < W; ++i)  /* lrelu(bn1(input)), channel-major */
+            for (int c = 0; c < C; ++c)
+                ob[(size_t)c * Wv + i] = lrelu(input_at(row + (size_t)i * ldx, in_bias, c, slope) * s1[c] + t1[c], slope);
+        for (int j = 0; j < J; ++j)  /* rows outside [y0, y1) need no centre embeddings */
+            dst[j] = j < R ? (centre ? Q1 + (size_t)j * q1s + (size_t)(lr - p) * Wv : junk)
+                   : j < 2 * R ? Q2 + (size_t)(j - R) * q2s + (size_t)lr * Wps + p
+                   : V + (size_t)(j - 2 * R) * q2s + (size_t)lr * Wps + p;
+        project_row(ob, Wv, wpad, bp, C, J, dst);
+        for (int j = 0; j < 2; ++j) {
+            const float *pr = pos + ((size_t)j * H + sy) * W;
+            memcpy(Q2 + (size_t)(R + j) * q2s + (size_t)lr * Wps + p, pr, sizeof(float) * W);
+            if (centre) memcpy(Q1 + (size_t)(R + j) * q1s + (size_t)(lr - p) * Wv, pr, sizeof(float) * W);
+        }
+        for (int j = 0; j < Cq + M; ++j) {  /* the columns' reflection */
+            float *r = (j < Cq ? Q2 + (size_t)j * q2s : V + (size_t)(j - Cq) * q2s) + (size_t)lr * Wps;
+            for (int i = 1; i <= p; ++i) {
+                r[p - i] = r[p + i];
+                r[p + W - 1 + i] = r[p + W - 1 - i];
+            }
+            for (int i = W + 2 * p; i < Wps; ++i) r[i] = 0.f;
+        }
+        if (centre)
+            for (int j = 0; j < Cq; ++j) {
+                float *r = Q1 + (size_t)j * q1s + (size_t)(lr - p) * Wv;
+                for (int i = W; i < Wv; ++i) r[i] = 0.f;
+            }
+        if (lr < 2 * p) continue;
+        const int ar = lr - 2 * p, y = y0 + ar;
+        attend_row(Q1 + (size_t)ar * Wv, q1s, Q2 + (size_t)ar * Wps, V + (size_t)ar * Wps, q2s, Wps, wt, att, Wv,
+                   Cq, M, S, k, slope, L);
+        for (int m = 0; m < M; ++m) {
+            float *a = att + (size_t)m * Wv;
+            for (int i = 0; i < W; ++i) a[i] = lrelu(a[i] * s2[m] + t2[m], slope);
+        }
+        output_row(x + (size_t)y * W * ldx, ldx, in_bias, att, Wv, wo, bo, out + (size_t)y * W * C, C, M, W, slope);
+    }
+    free(buf);
+    return 0;
+}
+
+int jdnet_san(const float *x, long ldx, const float *in_bias, const float *s1, const float *t1,
+              const float *wp, const float *bp, const float *pos, const float *wt, const float *s2,
+              const float *t2, const float *wo, const float *bo, float *out,
+              int C, int R, int M, int S, int H, int W, int k, float slope, int y0, int y1, int chunk, int threads)
+{
+    int err = 0;
+    const int chunks = (y1 - y0 + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : err)
+    for (int t = 0; t < chunks; ++t) {
+        const int a = y0 + t * chunk, b = a + chunk < y1 ? a + chunk : y1;
+        err |= san_rows(x, ldx, in_bias, s1, t1, wp, bp, pos, wt, s2, t2, wo, bo, out, C, R, M, S, H, W, k,
+                        slope, a, b);
+    }
+    return err;
+}
+
+int jdnet_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
