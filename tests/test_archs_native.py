@@ -164,3 +164,46 @@ def test_a_build_without_openmp_splits_rows_over_a_pool(monkeypatch):
     monkeypatch.setitem(native._state, "lib", None)
     with torch.no_grad():
         torch.testing.assert_close(fast, _san(san, x, 2048, bias), rtol=0, atol=2e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("b, cins, cout, h, w, act, with_pre, with_post, spaced", [
+    (1, [16, 16], 32, 9, 13, (0.2), True, False, True),  # the self-calibrated bottleneck's end
+    (2, [32], 32, 8, 10, (0.2), True, True, False),      # the scale-aggregation fusion's end
+    (1, [5, 7], 12, 5, 7, None, False, True, False),     # channels not a multiple of 8
+    (1, [3], 40, 6, 5, 0.1, True, False, True),          # more than 32 output channels, odd width
+])
+def test_pointwise_conv_matches_pytorch(b, cins, cout, h, w, act, with_pre, with_post, spaced):
+    if not native.available() or not native._library().jdnet_openmp():
+        pytest.skip("the native pointwise convolution needs OpenMP")
+    g = torch.Generator().manual_seed(h * w + cout)
+    inputs = [torch.randn(b, h, w, c, generator=g) for c in cins]
+    weight, bias = torch.randn(cout, sum(cins), generator=g), torch.randn(cout, generator=g)
+    expected = torch.einsum("bhwi,oi->bhwo", torch.cat(inputs, 3), weight) + bias
+    pre = post = None
+    if with_pre:
+        src = torch.randn(b, h // 2 + 1, w // 2 + 1, cout, generator=g)
+        iy, ix = torch.arange(h) // 2, torch.randint(0, w // 2 + 1, (w,), generator=g)
+        pre = (src, iy, ix)
+        expected = expected + src[:, iy][:, :, ix]
+    if act is not None:
+        expected = torch.nn.functional.leaky_relu(expected, act)
+    if with_post:
+        post = torch.randn(b, h, w, cout, generator=g)
+        expected = expected + post
+    wide = torch.full((b, h, w, 3 * cout), float("nan"))
+    out = wide[..., cout:2 * cout] if spaced else torch.empty(b, h, w, cout)
+    assert native.pointwise_conv(inputs, weight, bias, out, pre=pre, lrelu=act, post=post)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+    if spaced:  # only its columns were written
+        assert wide[..., :cout].isnan().all() and wide[..., 2 * cout:].isnan().all()
+
+
+@needs_compiler
+def test_pointwise_conv_rejects_indices_outside_the_image():
+    if not native.available() or not native._library().jdnet_openmp():
+        pytest.skip("the native pointwise convolution needs OpenMP")
+    x, out = torch.zeros(1, 4, 4, 8), torch.zeros(1, 4, 4, 8)
+    with pytest.raises(ValueError, match="outside"):
+        native.pointwise_conv([x], torch.zeros(8, 8), None, out,
+                              pre=(torch.zeros(1, 2, 2, 8), torch.tensor([0, 0, 1, 2]), torch.arange(4) // 2))

@@ -164,3 +164,11 @@ def test_fast_rain_layer_keeps_channels_last_input_layout():
     with torch.no_grad():
         out = fast_rain_layer(m, x)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_position_conv_equals_the_module():
+    from jdnet_plugin.archs.attention import position
+    from jdnet_plugin.archs.fast_forward import _position_conv
+    conv = torch.nn.Conv2d(2, 2, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(_position_conv(conv, 7, 11), conv(position(7, 11)))

@@ -155,6 +155,18 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     return out
 
 
+def _position_conv(conv: torch.nn.Conv2d, h: int, w: int) -> torch.Tensor:
+    """``conv(position(h, w))`` for the 1x1 ``conv_p``: its x and y terms are a row and a column, so one
+    broadcast sum (the convolution module took milliseconds on this 2-channel map)."""
+    wgt = conv.weight.flatten(1)
+    lx = torch.linspace(-1.0, 1.0, w, device=wgt.device, dtype=wgt.dtype)
+    ly = torch.linspace(-1.0, 1.0, h, device=wgt.device, dtype=wgt.dtype)
+    pos = wgt[:, 0, None, None] * lx + wgt[:, 1, None, None] * ly[:, None]
+    if conv.bias is not None:
+        pos = pos + conv.bias[:, None, None]
+    return pos[None]
+
+
 def _san_native(san, x: torch.Tensor, in_bias: torch.Tensor | None) -> torch.Tensor | None:
     """The whole bottleneck as one native call (see ``native/san.c``), or None where it does not apply."""
     sam = san.sam
@@ -163,7 +175,7 @@ def _san_native(san, x: torch.Tensor, in_bias: torch.Tensor | None) -> torch.Ten
         return None
     b, c, h, w = x.shape
     _, c1, c2 = sam.conv_w
-    pos = sam.conv_p(position(h, w, device=x.device, dtype=x.dtype))
+    pos = _position_conv(sam.conv_p, h, w)
     proj = (torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1).contiguous(),
             torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias]))
     out = torch.empty_like(x, memory_format=torch.channels_last)
@@ -251,31 +263,41 @@ def _residual_block(block, t: torch.Tensor) -> torch.Tensor:
 
 
 def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
-    """``lrelu(conv11(cat(x, up(t_1), ..., up(t_S))))``, each 1x1 block at its own resolution."""
+    """``lrelu(conv11(cat(x, up(t_1), ..., up(t_S)))) + x``, each 1x1 block at its own resolution."""
     conv = unit.conv11[0]
     c = x.shape[1]
-    wgt = conv.weight.flatten(1)
-    fused = _conv1x1(x, wgt[:, :c], conv.bias)
     h, w = x.shape[-2:]
+    wgt = conv.weight.flatten(1)
     t, partial = x, []
     for s, block in enumerate(unit.res_list, 1):
         t = _residual_block(block, t)
         partial.append(_conv1x1(t, wgt[:, s * c:(s + 1) * c]))
+    # Sum the partial products coarse to fine where nearest indices compose exactly; what is left are
+    # sums to add at full resolution, each read through its (rows, columns) indices.
+    pending = []
     if partial:
-        # Sum the partial products coarse to fine where nearest indices compose exactly.
         idx = [(_nearest_index(z.shape[2], h, x.device), _nearest_index(z.shape[3], w, x.device))
                for z in partial]
         acc, (ay, ax) = partial[-1], idx[-1]
         for z, (iy, ix) in zip(reversed(partial[:-1]), reversed(idx[:-1])):
             gy, gx = _compose(iy, ay, z.shape[2]), _compose(ix, ax, z.shape[3])
             if gy is None or gx is None:
-                _add_gathered(fused, acc, ay, ax, out=fused)
+                pending.append((acc, ay, ax))
                 acc = z
             else:
                 acc = _add_gathered(z, acc, gy, gx, out=z)
             ay, ax = iy, ix
-        _add_gathered(fused, acc, ay, ax, out=fused)
-    return F.leaky_relu_(fused, _SLOPE)
+        pending.append((acc, ay, ax))
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    pre = (_nhwc(pending[0][0]), *pending[0][1:]) if len(pending) == 1 else None
+    if len(pending) <= 1 and native.pointwise_conv([_nhwc(x)], wgt[:, :c], conv.bias, _nhwc(out), pre=pre,
+                                                   lrelu=_SLOPE, post=_nhwc(x)):
+        return out
+    fused = _conv1x1(x, wgt[:, :c], conv.bias)
+    for src, iy, ix in pending:
+        _add_gathered(fused, src, iy, ix, out=fused)
+    return F.leaky_relu_(fused, _SLOPE).add_(x)
 
 
 def _scconv(sc, y: torch.Tensor) -> torch.Tensor:
@@ -291,6 +313,12 @@ def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor) -> None:
     """The self-calibrated bottleneck, written into ``out`` ``(B*H*W, C)``."""
     a = _conv(scn.k1[0], _conv(scn.conv1_a, x, lrelu=True), lrelu=True)
     b = _scconv(scn.scconv, _conv(scn.conv1_b, x, lrelu=True))
+    h, w = x.shape[-2:]
+    target = out.view(x.shape[0], h, w, -1)
+    identity = (torch.arange(h, device=x.device), torch.arange(w, device=x.device))
+    if native.pointwise_conv([_nhwc(a), _nhwc(b)], scn.conv3.weight.flatten(1), scn.conv3.bias, target,
+                             pre=(_nhwc(x), *identity), lrelu=_SLOPE):
+        return
     y = _conv(scn.conv3, torch.cat([a, b], 1), add=x)
     torch.ops.aten.leaky_relu.out(_nhwc(y).reshape(out.shape), _SLOPE, out=out)
 
@@ -302,7 +330,7 @@ def _unit(unit, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int,
         x = _san(unit.san, x, band_pixels, in_bias)
     elif in_bias is not None:
         x = _activate(x, in_bias)
-    fused = _scale_fusion(unit, x).add_(x)
+    fused = _scale_fusion(unit, x)
     if hasattr(unit, "scn"):
         _self_calibrated(unit.scn, fused, out)
     else:

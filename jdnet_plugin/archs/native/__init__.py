@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "san_bottleneck", "cache_dir"]
+__all__ = ["available", "san_bottleneck", "pointwise_conv", "cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ def _build() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
             lib.jdnet_san.argtypes = [ptr, ctypes.c_long] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
-            for fn in (lib.jdnet_san, lib.jdnet_openmp):
+            lib.jdnet_pointwise.argtypes = ([i32, i32, i32] + [ptr] * 5 + [i32, i32, ptr, ctypes.c_long, i32, ptr, ptr,
+                                             i32, ctypes.c_float, ptr, ctypes.c_long, ptr, ctypes.c_long, i32])
+            for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp):
                 fn.restype = i32
             return lib
         errors.append(error)
@@ -199,4 +201,67 @@ def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1: tuple[tor
                              c, r, m, s, h, w, kernel_size, slope, y0, y1, chunk, threads)
 
     _run_rows(rows, b, h, "san_bottleneck")
+    return True
+
+
+def _pixels_ld(t: torch.Tensor) -> int | None:
+    """The pixel stride of a ``(B, H, W, C)`` view whose channels are contiguous and pixels evenly spaced in
+    row order, else None."""
+    b, h, w, c = t.shape
+    ld = t.stride(2)
+    ok = t.stride(3) == 1 or c == 1
+    return ld if ok and t.stride(1) == w * ld and (b == 1 or t.stride(0) == h * w * ld) else None
+
+
+def pointwise_conv(inputs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
+                   out: torch.Tensor, *, pre: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   lrelu: float | None = None, post: torch.Tensor | None = None) -> bool:
+    """``out = post + act(cat(inputs) @ weight.T + bias + pre)`` (see ``jdnet_pointwise`` in ``san.c``), or
+    False when the native kernels are not available or the tensors do not suit them.
+
+    ``inputs``, ``post``, ``out``: ``(B, H, W, C)`` views with contiguous channels (pixels may be spaced:
+    column blocks of a wider matrix); ``weight``: ``(Cout, sum of the inputs' C)``; ``pre``: ``(src, iy,
+    ix)``, added as ``src[:, iy][:, :, ix]`` (``src`` ``(B, h, w, Cout)``: nearest upsampling, or the
+    identity); ``lrelu``: the LeakyReLU slope, None for no activation."""
+    tensors = [*inputs, weight, out] + ([bias] if bias is not None else []) + ([post] if post is not None else [])
+    if pre is not None:
+        tensors.append(pre[0])
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    lds = [_pixels_ld(t) for t in [*inputs, out] + ([post] if post is not None else [])
+           + ([pre[0]] if pre is not None else [])]
+    if None in lds:
+        return False
+    lib = _library()
+    if lib is None or not lib.jdnet_openmp():  # one thread would lose to PyTorch's convolution
+        return False
+    b, h, w, cout = out.shape
+    cin = [t.shape[3] for t in inputs]
+    if (weight.shape != (cout, sum(cin)) or any(t.shape[:3] != (b, h, w) for t in inputs)
+            or (post is not None and post.shape != out.shape)
+            or (pre is not None and (pre[0].shape[::3] != (b, cout) or pre[1].shape != (h,) or pre[2].shape != (w,)))):
+        raise ValueError("pointwise_conv: inconsistent shapes "
+                         f"{[tuple(t.shape) for t in [*inputs, weight, out]]}")
+    cp = -(-cout // 8) * 8
+    wt = torch.zeros(sum(cin), cp)
+    wt[:, :cout] = weight.t()
+    bp = torch.zeros(cp)
+    if bias is not None:
+        bp[:cout] = bias
+    if pre is not None:
+        iy, ix = pre[1].long().contiguous(), pre[2].long().contiguous()
+        if iy.min() < 0 or iy.max() >= pre[0].shape[1] or ix.min() < 0 or ix.max() >= pre[0].shape[2]:
+            raise ValueError("pointwise_conv: pre's indices fall outside its image")
+    threads = max(1, torch.get_num_threads())
+    n = len(inputs)
+    in_ld = (ctypes.c_long * n)(*lds[:n])
+    in_c = (ctypes.c_int * n)(*cin)
+    for i in range(b):
+        ptrs = (ctypes.c_void_p * n)(*[t[i].data_ptr() for t in inputs])
+        lib.jdnet_pointwise(h, w, n, ptrs, in_ld, in_c, wt.data_ptr(), bp.data_ptr(), cout, cp,
+                            pre[0][i].data_ptr() if pre is not None else None,
+                            _pixels_ld(pre[0]) if pre is not None else 0, pre[0].shape[2] if pre is not None else 0,
+                            iy.data_ptr() if pre is not None else None, ix.data_ptr() if pre is not None else None,
+                            lrelu is not None, lrelu or 0.0, post[i].data_ptr() if post is not None else None,
+                            _pixels_ld(post) if post is not None else 0, out[i].data_ptr(), _pixels_ld(out), threads)
     return True

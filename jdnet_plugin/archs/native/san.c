@@ -20,6 +20,17 @@ typedef int v8i __attribute__((vector_size(32)));
 
 static inline v8 ld(const float *p) { return *(const v8u *)p; }
 static inline void st(float *p, v8 v) { *(v8u *)p = v; }
+/* A store that bypasses the caches (no read of the line first) where the target is aligned. */
+static inline void st_stream(float *p, v8 v)
+{
+#ifdef __AVX__
+    if (((size_t)p & 31) == 0) {
+        __builtin_ia32_movntps256(p, v);
+        return;
+    }
+#endif
+    st(p, v);
+}
 static inline v8 bc(float s) { return (v8){s, s, s, s, s, s, s, s}; }
 static inline v8 vsel(v8i m, v8 a, v8 b) { return (v8)((m & (v8i)a) | (~m & (v8i)b)); }
 #ifdef __AVX__
@@ -260,4 +271,96 @@ int jdnet_openmp(void)
 #else
     return 0;
 #endif
+}
+
+/* A 1x1 convolution with what follows it, over (H, W) pixels of channels-last features:
+ *     out = post + act(bias + sum_k in_k @ wt[rows of k] + pre[iy[y], ix[x]])
+ * in_k: n_in inputs (pixel i of input k at in[k] + i * in_ld[k], in_c[k] channels), their channels
+ *   stacked in that order are wt's rows;
+ * wt: (sum in_c, cp) the weight transposed and its columns padded with zeros to cp, a multiple of 8;
+ * bias: (cp); pre: NULL, or features of a pre_h x pre_w image read at (iy[y], ix[x]) (nearest
+ *   upsampling, or the identity), pixel stride pre_ld; lrelu: whether act is LeakyReLU (else none);
+ * post: NULL, or (H * W) pixels at stride post_ld; out: pixel stride out_ld (may be a column block).
+ * Rows run in parallel on `threads` OpenMP threads where built with OpenMP. */
+#define INLINE static inline __attribute__((always_inline))
+
+/* The epilogue of one pixel: channels [cb, cb + 8 * NV) of acc, then pre, act, post; out. */
+INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float *pr, int lrelu_on, float slope,
+                     const float *po, float *o)
+{
+    for (int v = 0; v < NV; ++v) {
+        if (cb + 8 * v + 8 <= cout) {
+            v8 r = acc[v];
+            if (pr) r += ld(pr + 8 * v);
+            if (lrelu_on) r = vlrelu(r, slope);
+            if (po) r += ld(po + 8 * v);
+            st_stream(o + 8 * v, r);
+        } else {  /* the last channels, fewer than 8 */
+            float r[8];
+            st(r, acc[v]);
+            for (int c = 0; cb + 8 * v + c < cout; ++c) {
+                float s = r[c] + (pr ? pr[8 * v + c] : 0.f);
+                if (lrelu_on) s = lrelu(s, slope);
+                o[8 * v + c] = s + (po ? po[8 * v + c] : 0.f);
+            }
+        }
+    }
+}
+
+/* Output channels [cb, cb + 8 * NV) of the pixel pair (i0, i1) of row y (i1 == i0 for a single pixel). */
+INLINE void pw_block(const int NV, int y, int x, size_t i0, size_t i1, int n_in, const float *const *in,
+                     const long *in_ld, const int *in_c, const float *wt, const float *bias, int cb, int cout,
+                     int cp, const float *pre, long pre_ld, int pre_w, const long *iy, const long *ix,
+                     int lrelu_on, float slope, const float *post, long post_ld, float *out, long out_ld)
+{
+    v8 acc0[4], acc1[4];
+    for (int v = 0; v < NV; ++v) acc0[v] = acc1[v] = ld(bias + cb + 8 * v);
+    int row = 0;
+    for (int k = 0; k < n_in; ++k) {
+        const float *p0 = in[k] + i0 * in_ld[k], *p1 = in[k] + i1 * in_ld[k];
+        for (int c = 0; c < in_c[k]; ++c, ++row) {
+            const float *wr = wt + (size_t)row * cp + cb;
+            const v8 a0 = bc(p0[c]), a1 = bc(p1[c]);
+            for (int v = 0; v < NV; ++v) {
+                const v8 wv = ld(wr + 8 * v);
+                acc0[v] += a0 * wv;
+                acc1[v] += a1 * wv;
+            }
+        }
+    }
+    const size_t ld_pre = (size_t)pre_ld, row_pre = (size_t)(pre ? iy[y] : 0) * pre_w;
+    pw_store(NV, acc0, cb, cout, pre ? pre + (row_pre + ix[x]) * ld_pre + cb : NULL, lrelu_on, slope,
+             post ? post + i0 * post_ld + cb : NULL, out + i0 * out_ld + cb);
+    if (i1 != i0)
+        pw_store(NV, acc1, cb, cout, pre ? pre + (row_pre + ix[x + 1]) * ld_pre + cb : NULL, lrelu_on, slope,
+                 post ? post + i1 * post_ld + cb : NULL, out + i1 * out_ld + cb);
+}
+
+int jdnet_pointwise(int H, int W, int n_in, const float *const *in, const long *in_ld, const int *in_c,
+                    const float *wt, const float *bias, int cout, int cp, const float *pre, long pre_ld,
+                    int pre_w, const long *iy, const long *ix, int lrelu_on, float slope, const float *post,
+                    long post_ld, float *out, long out_ld, int threads)
+{
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+    for (int y = 0; y < H; ++y)
+        for (int cb = 0; cb < cp; cb += 32)
+            for (int x = 0; x < W; x += 2) {
+                const size_t i0 = (size_t)y * W + x, i1 = x + 1 < W ? i0 + 1 : i0;
+#define PW_BLOCK(NV) pw_block(NV, y, x, i0, i1, n_in, in, in_ld, in_c, wt, bias, cb, cout, cp, pre, pre_ld, \
+                              pre_w, iy, ix, lrelu_on, slope, post, post_ld, out, out_ld)
+                switch ((cp - cb) / 8) {
+                    case 1: PW_BLOCK(1); break;
+                    case 2: PW_BLOCK(2); break;
+                    case 3: PW_BLOCK(3); break;
+                    default: PW_BLOCK(4);
+                }
+#undef PW_BLOCK
+            }
+#ifdef __AVX__
+    __builtin_ia32_sfence(); /* this thread's streamed stores are visible before the team's end */
+#endif
+    }
+    return 0;
 }
