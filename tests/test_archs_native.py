@@ -193,7 +193,7 @@ def test_pointwise_conv_matches_pytorch(b, cins, cout, h, w, act, with_pre, with
         expected = expected + post
     wide = torch.full((b, h, w, 3 * cout), float("nan"))
     out = wide[..., cout:2 * cout] if spaced else torch.empty(b, h, w, cout)
-    assert native.pointwise_conv(inputs, weight, bias, out, pre=pre, lrelu=act, post=post)
+    assert native.pointwise_conv(inputs, weight, bias, out, pre=pre, lrelu=act, post=post, stream=spaced)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
     if spaced:  # only its columns were written
         assert wide[..., :cout].isnan().all() and wide[..., 2 * cout:].isnan().all()

@@ -11,9 +11,13 @@ memory traffic (the CPU runs these layers memory-bound).
   one pass over the prefix (a wider GEMM) and add the few features made since.
 - The scale-aggregation fusion applies each 1x1 block at the resolution of its scale (nearest
   upsampling commutes with a 1x1 convolution) and gathers the partial sums up the pyramid.
-- The attention is one fused native kernel on CPU (:mod:`.native`, compiled on first use); without it, it
-  runs on bands of rows whose ``k*k``-neighbour tensors stay in cache, reading the neighbours through
-  strided views (no unfold copies).
+- On CPU the native kernels (:mod:`.native`, compiled on first use) run what oneDNN cannot fuse: the
+  whole SAN bottleneck (BatchNorms, projections, attention, output convolution, residual) in one pass
+  that also applies the previous dense fusion's bias and LeakyReLU as it reads its input; and the 1x1
+  convolutions that end the scale aggregation and the self-calibrated bottleneck with their adds and
+  activations (the latter written straight into the dense buffer). Without them, the same in PyTorch;
+  the attention then runs on bands of rows whose ``k*k``-neighbour tensors stay in cache, reading the
+  neighbours through strided views (no unfold copies).
 
 Weights are read from the modules at every call (nothing is cached), so this path can never be stale.
 It is used by :meth:`JDNet.forward` when gradients are off; autograd, tracing and export take the
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 
 from ..utils.host_memory import empty_huge, keep_freed_memory
 from . import native
-from .attention import _check_size, position
+from .attention import _check_size
 
 __all__ = ["fast_rain_layer", "sam_attention_banded"]
 
@@ -203,7 +207,7 @@ def _san(san, x: torch.Tensor, band_pixels: int, in_bias: torch.Tensor | None = 
     y = torch.bmm(w123.to(o.dtype).expand(b, -1, -1), _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
     y = y.add_(b123[:, None]).view(b, -1, h, w)
     _, c1, c2 = sam.conv_w
-    pos = sam.conv_p(position(h, w, device=x.device, dtype=sam.conv_p.weight.dtype))
+    pos = _position_conv(sam.conv_p, h, w)
     att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos,
                                c2.weight.flatten(1) @ c1.weight.flatten(1), c2.bias, sam.kernel_size, band_pixels)
     att = _bn_lrelu(san.bn2, att)
@@ -317,7 +321,7 @@ def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor) -> None:
     target = out.view(x.shape[0], h, w, -1)
     identity = (torch.arange(h, device=x.device), torch.arange(w, device=x.device))
     if native.pointwise_conv([_nhwc(a), _nhwc(b)], scn.conv3.weight.flatten(1), scn.conv3.bias, target,
-                             pre=(_nhwc(x), *identity), lrelu=_SLOPE):
+                             pre=(_nhwc(x), *identity), lrelu=_SLOPE, stream=True):
         return
     y = _conv(scn.conv3, torch.cat([a, b], 1), add=x)
     torch.ops.aten.leaky_relu.out(_nhwc(y).reshape(out.shape), _SLOPE, out=out)

@@ -90,7 +90,7 @@ def _build() -> ctypes.CDLL | None:
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
             lib.jdnet_san.argtypes = [ptr, ctypes.c_long] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
             lib.jdnet_pointwise.argtypes = ([i32, i32, i32] + [ptr] * 5 + [i32, i32, ptr, ctypes.c_long, i32, ptr, ptr,
-                                             i32, ctypes.c_float, ptr, ctypes.c_long, ptr, ctypes.c_long, i32])
+                                             i32, ctypes.c_float, ptr, ctypes.c_long, ptr, ctypes.c_long, i32, i32])
             for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp):
                 fn.restype = i32
             return lib
@@ -215,14 +215,15 @@ def _pixels_ld(t: torch.Tensor) -> int | None:
 
 def pointwise_conv(inputs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
                    out: torch.Tensor, *, pre: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                   lrelu: float | None = None, post: torch.Tensor | None = None) -> bool:
+                   lrelu: float | None = None, post: torch.Tensor | None = None, stream: bool = False) -> bool:
     """``out = post + act(cat(inputs) @ weight.T + bias + pre)`` (see ``jdnet_pointwise`` in ``san.c``), or
     False when the native kernels are not available or the tensors do not suit them.
 
     ``inputs``, ``post``, ``out``: ``(B, H, W, C)`` views with contiguous channels (pixels may be spaced:
     column blocks of a wider matrix); ``weight``: ``(Cout, sum of the inputs' C)``; ``pre``: ``(src, iy,
     ix)``, added as ``src[:, iy][:, :, ix]`` (``src`` ``(B, h, w, Cout)``: nearest upsampling, or the
-    identity); ``lrelu``: the LeakyReLU slope, None for no activation."""
+    identity); ``lrelu``: the LeakyReLU slope, None for no activation; ``stream``: write ``out`` around the
+    caches (an output not read again soon, such as a column of the dense buffer; not ``pre`` or ``post``)."""
     tensors = [*inputs, weight, out] + ([bias] if bias is not None else []) + ([post] if post is not None else [])
     if pre is not None:
         tensors.append(pre[0])
@@ -263,5 +264,6 @@ def pointwise_conv(inputs: list[torch.Tensor], weight: torch.Tensor, bias: torch
                             _pixels_ld(pre[0]) if pre is not None else 0, pre[0].shape[2] if pre is not None else 0,
                             iy.data_ptr() if pre is not None else None, ix.data_ptr() if pre is not None else None,
                             lrelu is not None, lrelu or 0.0, post[i].data_ptr() if post is not None else None,
-                            _pixels_ld(post) if post is not None else 0, out[i].data_ptr(), _pixels_ld(out), threads)
+                            _pixels_ld(post) if post is not None else 0, out[i].data_ptr(), _pixels_ld(out), stream,
+                            threads)
     return True

@@ -102,12 +102,16 @@ static void project_row(const float *ob, int Wv, const float *wp, const float *b
     }
 }
 
+#define INLINE static inline __attribute__((always_inline))
+
 /* Attention for one output row, 8 pixels at a time. q1: the centre row (channel stride q1s); q2, v:
- * the padded row at the top of the window (channel stride q2s, row stride Wps); att: (M, Wv) out. */
-static void attend_row(const float *q1, size_t q1s, const float *q2, const float *v, size_t q2s, int Wps,
-                       const float *wt, float *att, int Wv, int Cq, int M, int S, int k, float slope, v8 *L)
+ * the padded row at the top of the window (channel stride q2s, row stride Wps); att: (M, Wv) out.
+ * CQF, MGF: Cq and the values aggregated per pass as compile-time constants (0: Cq at run time, MB). */
+INLINE void attend_impl(const int CQF, const int MGF, const float *q1, size_t q1s, const float *q2, const float *v,
+                        size_t q2s, int Wps, const float *wt, float *att, int Wv, int Cq_rt, int M, int S, int k,
+                        float slope, v8 *L)
 {
-    const int K = k * k;
+    const int K = k * k, Cq = CQF ? CQF : Cq_rt, MG = MGF ? MGF : MB;
     for (int x = 0; x < Wv; x += 8) {
         for (int j = 0; j < S; ++j) {
             v8 mx = bc(-INFINITY);
@@ -126,19 +130,32 @@ static void attend_row(const float *q1, size_t q1s, const float *q2, const float
                 sum += L[q];
             }
             const v8 inv = bc(1.f) / sum;
-            for (int m0 = j; m0 < M; m0 += MB * S) {
-                v8 acc[MB] = {0};
+            for (int m0 = j; m0 < M; m0 += MG * S) {
+                v8 acc[8] = {0};
                 for (int qi = 0, q = 0; qi < k; ++qi)
                     for (int qj = 0; qj < k; ++qj, ++q) {
                         const size_t off = (size_t)qi * Wps + qj + x;
-                        for (int mm = 0; mm < MB; ++mm)
-                            if (m0 + mm * S < M) acc[mm] += L[q] * ld(v + (size_t)(m0 + mm * S) * q2s + off);
+                        for (int mm = 0; mm < MG; ++mm)
+                            if (MGF || m0 + mm * S < M) acc[mm] += L[q] * ld(v + (size_t)(m0 + mm * S) * q2s + off);
                     }
-                for (int mm = 0; mm < MB && m0 + mm * S < M; ++mm)
+                for (int mm = 0; mm < MG && m0 + mm * S < M; ++mm)
                     st(att + (size_t)(m0 + mm * S) * Wv + x, acc[mm] * inv);
             }
         }
     }
+}
+
+/* attend_impl, specialised for the presets' widths (paper: Cq 4, 8 values per weight map; jdnet-lite:
+ * 3 and 4), which keeps the window loops' operands in registers. */
+static void attend_row(const float *q1, size_t q1s, const float *q2, const float *v, size_t q2s, int Wps,
+                       const float *wt, float *att, int Wv, int Cq, int M, int S, int k, float slope, v8 *L)
+{
+    if (Cq == 4 && M == 8 * S)
+        attend_impl(4, 8, q1, q1s, q2, v, q2s, Wps, wt, att, Wv, Cq, M, S, k, slope, L);
+    else if (Cq == 3 && M == 4 * S)
+        attend_impl(3, 4, q1, q1s, q2, v, q2s, Wps, wt, att, Wv, Cq, M, S, k, slope, L);
+    else
+        attend_impl(0, 0, q1, q1s, q2, v, q2s, Wps, wt, att, Wv, Cq, M, S, k, slope, L);
 }
 
 /* out[i][c] = input[i][c] + bo[c] + sum_m wo[m][c] * att[m][i] for one row of W pixels. */
@@ -170,6 +187,61 @@ static void output_row(const float *xrow, long ldx, const float *in_bias, const 
         }
 }
 
+#if defined(__clang__) || __GNUC__ >= 12
+#define HAVE_SHUFFLE 1
+/* r[j][c] -> r[c][j] for an 8x8 block. */
+static inline void transpose8(v8 *r)
+{
+    v8 t[8], u[8];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = __builtin_shufflevector(r[j], r[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = __builtin_shufflevector(r[j], r[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = __builtin_shufflevector(t[j], t[j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 1] = __builtin_shufflevector(t[j], t[j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[j + 2] = __builtin_shufflevector(t[j + 1], t[j + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 3] = __builtin_shufflevector(t[j + 1], t[j + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#else
+#define HAVE_SHUFFLE 0
+#endif
+
+/* One input row: its pixels (lrelu(x + in_bias) with in_bias) into xr, pixel-major (W, C), if xr is
+ * given; lrelu(bn1(.)) of them into ob, channel-major (C, Wv). 8x8 blocks are transposed in registers. */
+static void load_row(const float *row, long ldx, const float *in_bias, const float *s1, const float *t1,
+                     int C, int W, int Wv, float slope, float *ob, float *xr)
+{
+    int i = 0;
+    const int C8 = C & ~7;
+#if HAVE_SHUFFLE
+    for (; i + 8 <= W; i += 8)
+        for (int c0 = 0; c0 < C8; c0 += 8) {
+            const v8 b = in_bias ? ld(in_bias + c0) : bc(0.f), sc = ld(s1 + c0), sh = ld(t1 + c0);
+            v8 r[8];
+            for (int j = 0; j < 8; ++j) {
+                v8 v = ld(row + (size_t)(i + j) * ldx + c0);
+                if (in_bias) v = vlrelu(v + b, slope);
+                if (xr) st(xr + (size_t)(i + j) * C + c0, v);
+                r[j] = vlrelu(v * sc + sh, slope);
+            }
+            transpose8(r);
+            for (int j = 0; j < 8; ++j) st(ob + (size_t)(c0 + j) * Wv + i, r[j]);
+        }
+#endif
+    for (int ii = 0; ii < W; ++ii)  /* what the blocks left: all channels of the last pixels, the last channels */
+        for (int c = ii < i ? C8 : 0; c < C; ++c) {
+            const float v = input_at(row + (size_t)ii * ldx, in_bias, c, slope);
+            if (xr) xr[(size_t)ii * C + c] = v;
+            ob[(size_t)c * Wv + ii] = lrelu(v * s1[c] + t1[c], slope);
+        }
+}
+
 /* The bottleneck for one image, rows [y0, y1):
  *   x:       (H * W) pixels of C channels, pixel i at x + i * ldx (a channels-last tensor or a column
  *            block of a wider matrix); with in_bias, the input is lrelu(x + in_bias) (a dense fusion's
@@ -194,11 +266,13 @@ static int san_rows(const float *x, long ldx, const float *in_bias, const float 
     const size_t q1s = (size_t)n * Wv, q2s = (size_t)np * Wps;
     const size_t floats = (size_t)Cq * q1s + (size_t)(Cq + M) * q2s  /* Q1, Q2, V */
                         + (size_t)(C + M + 1) * Wv                   /* ob, att, junk */
+                        + (size_t)(p + 1) * W * C                    /* inputs of the last centre rows */
                         + (size_t)Jp * C + 8 * (size_t)(K + 1);      /* padded wp, logits */
     float *buf = (float *)calloc(floats, sizeof(float));
     if (!buf) return -1;
     float *Q1 = buf, *Q2 = Q1 + (size_t)Cq * q1s, *V = Q2 + (size_t)Cq * q2s, *ob = V + (size_t)M * q2s;
-    float *att = ob + (size_t)C * Wv, *junk = att + (size_t)M * Wv, *wpad = junk + Wv;
+    float *att = ob + (size_t)C * Wv, *junk = att + (size_t)M * Wv, *xring = junk + Wv;
+    float *wpad = xring + (size_t)(p + 1) * W * C;
     v8 *L = (v8 *)(((size_t)(wpad + (size_t)Jp * C) + 31) & ~(size_t)31);
     memcpy(wpad, wp, sizeof(float) * (size_t)J * C);
     float *dst[Jp];
@@ -207,10 +281,9 @@ static int san_rows(const float *x, long ldx, const float *in_bias, const float 
      * while that row's input is still in cache. */
     for (int lr = 0; lr < np; ++lr) {
         const int sy = reflect(y0 - p + lr, H), centre = lr >= p && lr < p + n;
-        const float *row = x + (size_t)sy * W * ldx;
-        for (int i = 0; i < W; ++i)  /* lrelu(bn1(input)), channel-major */
-            for (int c = 0; c < C; ++c)
-                ob[(size_t)c * Wv + i] = lrelu(input_at(row + (size_t)i * ldx, in_bias, c, slope) * s1[c] + t1[c], slope);
+        /* A centre row's input is kept (a ring of p + 1 rows) for its residual, p rows later. */
+        load_row(x + (size_t)sy * W * ldx, ldx, in_bias, s1, t1, C, W, Wv, slope, ob,
+                 centre ? xring + (size_t)((lr - p) % (p + 1)) * W * C : NULL);
         for (int j = 0; j < J; ++j)  /* rows outside [y0, y1) need no centre embeddings */
             dst[j] = j < R ? (centre ? Q1 + (size_t)j * q1s + (size_t)(lr - p) * Wv : junk)
                    : j < 2 * R ? Q2 + (size_t)(j - R) * q2s + (size_t)lr * Wps + p
@@ -242,7 +315,8 @@ static int san_rows(const float *x, long ldx, const float *in_bias, const float 
             float *a = att + (size_t)m * Wv;
             for (int i = 0; i < W; ++i) a[i] = lrelu(a[i] * s2[m] + t2[m], slope);
         }
-        output_row(x + (size_t)y * W * ldx, ldx, in_bias, att, Wv, wo, bo, out + (size_t)y * W * C, C, M, W, slope);
+        output_row(xring + (size_t)(ar % (p + 1)) * W * C, C, NULL, att, Wv, wo, bo, out + (size_t)y * W * C, C, M, W,
+                   slope);
     }
     free(buf);
     return 0;
@@ -280,13 +354,12 @@ int jdnet_openmp(void)
  * wt: (sum in_c, cp) the weight transposed and its columns padded with zeros to cp, a multiple of 8;
  * bias: (cp); pre: NULL, or features of a pre_h x pre_w image read at (iy[y], ix[x]) (nearest
  *   upsampling, or the identity), pixel stride pre_ld; lrelu: whether act is LeakyReLU (else none);
- * post: NULL, or (H * W) pixels at stride post_ld; out: pixel stride out_ld (may be a column block).
+ * post: NULL, or (H * W) pixels at stride post_ld; out: pixel stride out_ld (may be a column block);
+ * stream: write out around the caches (for outputs not read again soon; out must not be pre or post).
  * Rows run in parallel on `threads` OpenMP threads where built with OpenMP. */
-#define INLINE static inline __attribute__((always_inline))
-
 /* The epilogue of one pixel: channels [cb, cb + 8 * NV) of acc, then pre, act, post; out. */
 INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float *pr, int lrelu_on, float slope,
-                     const float *po, float *o)
+                     const float *po, float *o, int stream)
 {
     for (int v = 0; v < NV; ++v) {
         if (cb + 8 * v + 8 <= cout) {
@@ -294,7 +367,8 @@ INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float 
             if (pr) r += ld(pr + 8 * v);
             if (lrelu_on) r = vlrelu(r, slope);
             if (po) r += ld(po + 8 * v);
-            st_stream(o + 8 * v, r);
+            if (stream) st_stream(o + 8 * v, r);
+            else st(o + 8 * v, r);
         } else {  /* the last channels, fewer than 8 */
             float r[8];
             st(r, acc[v]);
@@ -311,7 +385,7 @@ INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float 
 INLINE void pw_block(const int NV, int y, int x, size_t i0, size_t i1, int n_in, const float *const *in,
                      const long *in_ld, const int *in_c, const float *wt, const float *bias, int cb, int cout,
                      int cp, const float *pre, long pre_ld, int pre_w, const long *iy, const long *ix,
-                     int lrelu_on, float slope, const float *post, long post_ld, float *out, long out_ld)
+                     int lrelu_on, float slope, const float *post, long post_ld, float *out, long out_ld, int stream)
 {
     v8 acc0[4], acc1[4];
     for (int v = 0; v < NV; ++v) acc0[v] = acc1[v] = ld(bias + cb + 8 * v);
@@ -330,16 +404,16 @@ INLINE void pw_block(const int NV, int y, int x, size_t i0, size_t i1, int n_in,
     }
     const size_t ld_pre = (size_t)pre_ld, row_pre = (size_t)(pre ? iy[y] : 0) * pre_w;
     pw_store(NV, acc0, cb, cout, pre ? pre + (row_pre + ix[x]) * ld_pre + cb : NULL, lrelu_on, slope,
-             post ? post + i0 * post_ld + cb : NULL, out + i0 * out_ld + cb);
+             post ? post + i0 * post_ld + cb : NULL, out + i0 * out_ld + cb, stream);
     if (i1 != i0)
         pw_store(NV, acc1, cb, cout, pre ? pre + (row_pre + ix[x + 1]) * ld_pre + cb : NULL, lrelu_on, slope,
-                 post ? post + i1 * post_ld + cb : NULL, out + i1 * out_ld + cb);
+                 post ? post + i1 * post_ld + cb : NULL, out + i1 * out_ld + cb, stream);
 }
 
 int jdnet_pointwise(int H, int W, int n_in, const float *const *in, const long *in_ld, const int *in_c,
                     const float *wt, const float *bias, int cout, int cp, const float *pre, long pre_ld,
                     int pre_w, const long *iy, const long *ix, int lrelu_on, float slope, const float *post,
-                    long post_ld, float *out, long out_ld, int threads)
+                    long post_ld, float *out, long out_ld, int stream, int threads)
 {
 #pragma omp parallel num_threads(threads)
     {
@@ -349,7 +423,7 @@ int jdnet_pointwise(int H, int W, int n_in, const float *const *in, const long *
             for (int x = 0; x < W; x += 2) {
                 const size_t i0 = (size_t)y * W + x, i1 = x + 1 < W ? i0 + 1 : i0;
 #define PW_BLOCK(NV) pw_block(NV, y, x, i0, i1, n_in, in, in_ld, in_c, wt, bias, cb, cout, cp, pre, pre_ld, \
-                              pre_w, iy, ix, lrelu_on, slope, post, post_ld, out, out_ld)
+                              pre_w, iy, ix, lrelu_on, slope, post, post_ld, out, out_ld, stream)
                 switch ((cp - cb) / 8) {
                     case 1: PW_BLOCK(1); break;
                     case 2: PW_BLOCK(2); break;
