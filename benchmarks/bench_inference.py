@@ -7,7 +7,7 @@ build the preset with fixed random weights, warm up on a 64x64 image, then time 
 
     python benchmarks/bench_inference.py                      # both presets at 320x480, 2 threads
     python benchmarks/bench_inference.py --preset jdnet-lite --size 1080x1920 --impl fast
-    JDNET_NATIVE=0 python benchmarks/bench_inference.py ...   # the fast path without its native attention kernel
+    JDNET_NATIVE=0 python benchmarks/bench_inference.py ...   # the fast path without its native kernels
 
 Writes ``benchmarks/results/inference-<tag>.json`` and ``.md`` (``--tag``, default ``cpu``).
 """
@@ -191,7 +191,7 @@ def to_markdown(result: dict) -> str:
                 lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | error: {r['error']} | | | | |")
                 continue
             first = impl == "fast"
-            impl = impl + (" (native attention)" if r.get("native_attention") else "")
+            impl = impl + (" (native kernels)" if r.get("native_attention") else "")
             lines.append(f"| {row['preset']} | {size} | {row['device']} | {row['dtype']} | {impl} | {r['seconds_median']:.2f} | "
                          f"{r['megapixels_per_s']:.4f} | {r['peak_rss_mb']:.0f} | "
                          f"{row['speedup']:.1f}x | {row['max_abs_diff_fast_vs_reference']:.2g} |" if first and "speedup" in row

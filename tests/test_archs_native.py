@@ -173,7 +173,7 @@ def test_a_build_without_openmp_splits_rows_over_a_pool(monkeypatch):
     (1, [5, 7], 12, 5, 7, None, False, True, False),     # channels not a multiple of 8
     (1, [3], 40, 6, 5, 0.1, True, False, True),          # more than 32 output channels, odd width
 ])
-def test_pointwise_conv_matches_pytorch(b, cins, cout, h, w, act, with_pre, with_post, spaced):
+def test_pointwise_stage_matches_pytorch(b, cins, cout, h, w, act, with_pre, with_post, spaced):
     if not native.available() or not native._library().jdnet_openmp():
         pytest.skip("the native pointwise convolution needs OpenMP")
     g = torch.Generator().manual_seed(h * w + cout)
@@ -193,17 +193,23 @@ def test_pointwise_conv_matches_pytorch(b, cins, cout, h, w, act, with_pre, with
         expected = expected + post
     wide = torch.full((b, h, w, 3 * cout), float("nan"))
     out = wide[..., cout:2 * cout] if spaced else torch.empty(b, h, w, cout)
-    assert native.pointwise_conv(inputs, weight, bias, out, pre=pre, lrelu=act, post=post, stream=spaced)
+    assert native.pointwise(native.Pointwise(inputs, weight, bias, out, pre=pre, lrelu=act, post=post, stream=spaced))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
     if spaced:  # only its columns were written
         assert wide[..., :cout].isnan().all() and wide[..., 2 * cout:].isnan().all()
 
 
 @needs_compiler
-def test_pointwise_conv_rejects_indices_outside_the_image():
+def test_pointwise_rejects_indices_outside_the_image():
     if not native.available() or not native._library().jdnet_openmp():
         pytest.skip("the native pointwise convolution needs OpenMP")
     x, out = torch.zeros(1, 4, 4, 8), torch.zeros(1, 4, 4, 8)
     with pytest.raises(ValueError, match="outside"):
-        native.pointwise_conv([x], torch.zeros(8, 8), None, out,
-                              pre=(torch.zeros(1, 2, 2, 8), torch.tensor([0, 0, 1, 2]), torch.arange(4) // 2))
+        native.pointwise(native.Pointwise([x], torch.zeros(8, 8), None, out, pre=(
+            torch.zeros(1, 2, 2, 8), torch.tensor([0, 0, 1, 2]), torch.arange(4) // 2)))
+
+
+def test_pointwise_declines_other_dtypes_and_layouts():
+    x = torch.zeros(1, 4, 4, 8)
+    assert not native.pointwise(native.Pointwise([x.double()], torch.zeros(8, 8).double(), None, x.double()))
+    assert not native.pointwise(native.Pointwise([x.transpose(1, 2)], torch.zeros(8, 8), None, x))

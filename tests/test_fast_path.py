@@ -24,7 +24,7 @@ def _model(name: str, seed: int = 0, **overrides) -> JDNet:
 
 @pytest.fixture(params=["native", "pytorch"])
 def attention_kernel(request, monkeypatch) -> str:
-    """The fast path with the native attention kernel (where it builds) and with its PyTorch fallback."""
+    """The fast path with the native kernels (where they build) and with its PyTorch fallback."""
     if request.param == "pytorch":
         monkeypatch.setitem(native._state, "lib", None)
     return request.param

@@ -293,11 +293,12 @@ def _scale_fusion(unit, x: torch.Tensor) -> torch.Tensor:
             ay, ax = iy, ix
         pending.append((acc, ay, ax))
     x = x.contiguous(memory_format=torch.channels_last)
-    out = torch.empty_like(x, memory_format=torch.channels_last)
-    pre = (_nhwc(pending[0][0]), *pending[0][1:]) if len(pending) == 1 else None
-    if len(pending) <= 1 and native.pointwise_conv([_nhwc(x)], wgt[:, :c], conv.bias, _nhwc(out), pre=pre,
-                                                   lrelu=_SLOPE, post=_nhwc(x)):
-        return out
+    if len(pending) <= 1:
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        pre = (_nhwc(pending[0][0]), *pending[0][1:]) if pending else None
+        if native.pointwise(native.Pointwise([_nhwc(x)], wgt[:, :c], conv.bias, _nhwc(out), pre=pre, lrelu=_SLOPE,
+                                             post=_nhwc(x))):
+            return out
     fused = _conv1x1(x, wgt[:, :c], conv.bias)
     for src, iy, ix in pending:
         _add_gathered(fused, src, iy, ix, out=fused)
@@ -320,8 +321,8 @@ def _self_calibrated(scn, x: torch.Tensor, out: torch.Tensor) -> None:
     h, w = x.shape[-2:]
     target = out.view(x.shape[0], h, w, -1)
     identity = (torch.arange(h, device=x.device), torch.arange(w, device=x.device))
-    if native.pointwise_conv([_nhwc(a), _nhwc(b)], scn.conv3.weight.flatten(1), scn.conv3.bias, target,
-                             pre=(_nhwc(x), *identity), lrelu=_SLOPE, stream=True):
+    if native.pointwise(native.Pointwise([_nhwc(a), _nhwc(b)], scn.conv3.weight.flatten(1), scn.conv3.bias, target,
+                                         pre=(_nhwc(x), *identity), lrelu=_SLOPE, stream=True)):
         return
     y = _conv(scn.conv3, torch.cat([a, b], 1), add=x)
     torch.ops.aten.leaky_relu.out(_nhwc(y).reshape(out.shape), _SLOPE, out=out)

@@ -20,11 +20,12 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "san_bottleneck", "pointwise_conv", "cache_dir"]
+__all__ = ["available", "san_bottleneck", "Pointwise", "pointwise", "cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ def _build() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
             lib.jdnet_san.argtypes = [ptr, ctypes.c_long] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
-            lib.jdnet_pointwise.argtypes = ([i32, i32, i32] + [ptr] * 5 + [i32, i32, ptr, ctypes.c_long, i32, ptr, ptr,
-                                             i32, ctypes.c_float, ptr, ctypes.c_long, ptr, ctypes.c_long, i32, i32])
+            lib.jdnet_pointwise.argtypes = [i32, i32, ctypes.POINTER(_PointwiseArgs), i32]
             for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp):
                 fn.restype = i32
             return lib
@@ -213,57 +213,97 @@ def _pixels_ld(t: torch.Tensor) -> int | None:
     return ld if ok and t.stride(1) == w * ld and (b == 1 or t.stride(0) == h * w * ld) else None
 
 
-def pointwise_conv(inputs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
-                   out: torch.Tensor, *, pre: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                   lrelu: float | None = None, post: torch.Tensor | None = None, stream: bool = False) -> bool:
-    """``out = post + act(cat(inputs) @ weight.T + bias + pre)`` (see ``jdnet_pointwise`` in ``san.c``), or
-    False when the native kernels are not available or the tensors do not suit them.
+@dataclass
+class Pointwise:
+    """A 1x1 convolution for :func:`pointwise`: ``out = post + act(cat(inputs) @ weight.T + bias + pre)``.
 
     ``inputs``, ``post``, ``out``: ``(B, H, W, C)`` views with contiguous channels (pixels may be spaced:
     column blocks of a wider matrix); ``weight``: ``(Cout, sum of the inputs' C)``; ``pre``: ``(src, iy,
     ix)``, added as ``src[:, iy][:, :, ix]`` (``src`` ``(B, h, w, Cout)``: nearest upsampling, or the
     identity); ``lrelu``: the LeakyReLU slope, None for no activation; ``stream``: write ``out`` around the
     caches (an output not read again soon, such as a column of the dense buffer; not ``pre`` or ``post``)."""
-    tensors = [*inputs, weight, out] + ([bias] if bias is not None else []) + ([post] if post is not None else [])
-    if pre is not None:
-        tensors.append(pre[0])
+
+    inputs: list[torch.Tensor]
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    out: torch.Tensor
+    pre: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    lrelu: float | None = None
+    post: torch.Tensor | None = None
+    stream: bool = False
+
+
+class _PointwiseArgs(ctypes.Structure):  # pw_args in san.c
+    _fields_ = [("n_in", ctypes.c_int), ("in_", ctypes.c_void_p), ("in_ld", ctypes.c_void_p),
+                ("in_c", ctypes.c_void_p), ("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("cout", ctypes.c_int), ("cp", ctypes.c_int), ("pre", ctypes.c_void_p), ("pre_ld", ctypes.c_long),
+                ("pre_w", ctypes.c_int), ("iy", ctypes.c_void_p), ("ix", ctypes.c_void_p),
+                ("lrelu_on", ctypes.c_int), ("slope", ctypes.c_float), ("post", ctypes.c_void_p),
+                ("post_ld", ctypes.c_long), ("out", ctypes.c_void_p), ("out_ld", ctypes.c_long),
+                ("stream", ctypes.c_int)]
+
+
+def _prepare(st: Pointwise) -> dict | None:
+    """The convolution's padded weight, strides and indices; None where its tensors do not suit the kernel."""
+    tensors = [*st.inputs, st.weight, st.out] + [t for t in (st.bias, st.post) if t is not None]
+    if st.pre is not None:
+        tensors.append(st.pre[0])
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return False
-    lds = [_pixels_ld(t) for t in [*inputs, out] + ([post] if post is not None else [])
-           + ([pre[0]] if pre is not None else [])]
+        return None
+    views = [*st.inputs, st.out] + ([st.post] if st.post is not None else []) + \
+        ([st.pre[0]] if st.pre is not None else [])
+    lds = [_pixels_ld(t) for t in views]
     if None in lds:
-        return False
-    lib = _library()
-    if lib is None or not lib.jdnet_openmp():  # one thread would lose to PyTorch's convolution
-        return False
-    b, h, w, cout = out.shape
-    cin = [t.shape[3] for t in inputs]
-    if (weight.shape != (cout, sum(cin)) or any(t.shape[:3] != (b, h, w) for t in inputs)
-            or (post is not None and post.shape != out.shape)
-            or (pre is not None and (pre[0].shape[::3] != (b, cout) or pre[1].shape != (h,) or pre[2].shape != (w,)))):
-        raise ValueError("pointwise_conv: inconsistent shapes "
-                         f"{[tuple(t.shape) for t in [*inputs, weight, out]]}")
+        return None
+    b, h, w, cout = st.out.shape
+    cin = [t.shape[3] for t in st.inputs]
+    if (st.weight.shape != (cout, sum(cin))
+            or any(t.shape[:3] != (b, h, w) for t in st.inputs)
+            or (st.post is not None and st.post.shape != st.out.shape)
+            or (st.pre is not None and (st.pre[0].shape[::3] != (b, cout) or st.pre[1].shape != (h,)
+                                        or st.pre[2].shape != (w,)))):
+        raise ValueError("pointwise: inconsistent shapes "
+                         f"{[tuple(t.shape) for t in [*st.inputs, st.weight, st.out]]}")
     cp = -(-cout // 8) * 8
     wt = torch.zeros(sum(cin), cp)
-    wt[:, :cout] = weight.t()
-    bp = torch.zeros(cp)
-    if bias is not None:
-        bp[:cout] = bias
-    if pre is not None:
-        iy, ix = pre[1].long().contiguous(), pre[2].long().contiguous()
-        if iy.min() < 0 or iy.max() >= pre[0].shape[1] or ix.min() < 0 or ix.max() >= pre[0].shape[2]:
-            raise ValueError("pointwise_conv: pre's indices fall outside its image")
+    wt[:, :cout] = st.weight.t()
+    bias = torch.zeros(cp)
+    if st.bias is not None:
+        bias[:cout] = st.bias
+    prep = {"wt": wt, "bias": bias, "cp": cp, "cin": cin, "in_ld": lds[:len(cin)], "out_ld": lds[len(cin)],
+            "post_ld": lds[len(cin) + 1] if st.post is not None else 0}
+    if st.pre is not None:
+        iy, ix = st.pre[1].long().contiguous(), st.pre[2].long().contiguous()
+        if iy.min() < 0 or iy.max() >= st.pre[0].shape[1] or ix.min() < 0 or ix.max() >= st.pre[0].shape[2]:
+            raise ValueError("pointwise: pre's indices fall outside its image")
+        prep.update(iy=iy, ix=ix, pre_ld=lds[-1])
+    return prep
+
+
+def pointwise(conv: Pointwise) -> bool:
+    """Run ``conv`` (see ``jdnet_pointwise`` in ``san.c``), or return False when the native kernels are not
+    available (or built without OpenMP: one thread would lose to PyTorch's convolutions) or the tensors
+    do not suit them; nothing is written then."""
+    prep = _prepare(conv)
+    if prep is None:
+        return False
+    lib = _library()
+    if lib is None or not lib.jdnet_openmp():
+        return False
+    b, h, w, cout = conv.out.shape
+    n = len(conv.inputs)
+    in_ld, in_c = (ctypes.c_long * n)(*prep["in_ld"]), (ctypes.c_int * n)(*prep["cin"])
     threads = max(1, torch.get_num_threads())
-    n = len(inputs)
-    in_ld = (ctypes.c_long * n)(*lds[:n])
-    in_c = (ctypes.c_int * n)(*cin)
     for i in range(b):
-        ptrs = (ctypes.c_void_p * n)(*[t[i].data_ptr() for t in inputs])
-        lib.jdnet_pointwise(h, w, n, ptrs, in_ld, in_c, wt.data_ptr(), bp.data_ptr(), cout, cp,
-                            pre[0][i].data_ptr() if pre is not None else None,
-                            _pixels_ld(pre[0]) if pre is not None else 0, pre[0].shape[2] if pre is not None else 0,
-                            iy.data_ptr() if pre is not None else None, ix.data_ptr() if pre is not None else None,
-                            lrelu is not None, lrelu or 0.0, post[i].data_ptr() if post is not None else None,
-                            _pixels_ld(post) if post is not None else 0, out[i].data_ptr(), _pixels_ld(out), stream,
-                            threads)
+        ptrs = (ctypes.c_void_p * n)(*[t[i].data_ptr() for t in conv.inputs])
+        st = _PointwiseArgs(n_in=n, in_=ctypes.addressof(ptrs), in_ld=ctypes.addressof(in_ld), in_c=ctypes.addressof(in_c),
+                    wt=prep["wt"].data_ptr(), bias=prep["bias"].data_ptr(), cout=cout, cp=prep["cp"],
+                    lrelu_on=conv.lrelu is not None, slope=conv.lrelu or 0.0, out=conv.out[i].data_ptr(),
+                    out_ld=prep["out_ld"], stream=conv.stream)
+        if conv.pre is not None:
+            st.pre, st.pre_ld, st.pre_w = conv.pre[0][i].data_ptr(), prep["pre_ld"], conv.pre[0].shape[2]
+            st.iy, st.ix = prep["iy"].data_ptr(), prep["ix"].data_ptr()
+        if conv.post is not None:
+            st.post, st.post_ld = conv.post[i].data_ptr(), prep["post_ld"]
+        lib.jdnet_pointwise(h, w, ctypes.byref(st), threads)
     return True

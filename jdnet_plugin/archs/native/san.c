@@ -352,11 +352,32 @@ int jdnet_openmp(void)
  * in_k: n_in inputs (pixel i of input k at in[k] + i * in_ld[k], in_c[k] channels), their channels
  *   stacked in that order are wt's rows;
  * wt: (sum in_c, cp) the weight transposed and its columns padded with zeros to cp, a multiple of 8;
- * bias: (cp); pre: NULL, or features of a pre_h x pre_w image read at (iy[y], ix[x]) (nearest
- *   upsampling, or the identity), pixel stride pre_ld; lrelu: whether act is LeakyReLU (else none);
+ * bias: (cp); pre: NULL, or features of an image pre_w wide read at (iy[y], ix[x]) (nearest upsampling,
+ *   or the identity), pixel stride pre_ld; lrelu_on: whether act is LeakyReLU (else none);
  * post: NULL, or (H * W) pixels at stride post_ld; out: pixel stride out_ld (may be a column block);
  * stream: write out around the caches (for outputs not read again soon; out must not be pre or post).
- * Rows run in parallel on `threads` OpenMP threads where built with OpenMP. */
+ * Rows run in parallel on `threads` OpenMP threads where built with OpenMP. (A second 1x1 convolution
+ * chained on each row, for the self-calibrated bottleneck's entry, measured slower than oneDNN's.) */
+typedef struct {
+    int n_in;
+    const float *const *in;
+    const long *in_ld;
+    const int *in_c;
+    const float *wt, *bias;
+    int cout, cp;
+    const float *pre;
+    long pre_ld;
+    int pre_w;
+    const long *iy, *ix;
+    int lrelu_on;
+    float slope;
+    const float *post;
+    long post_ld;
+    float *out;
+    long out_ld;
+    int stream;
+} pw_args;
+
 /* The epilogue of one pixel: channels [cb, cb + 8 * NV) of acc, then pre, act, post; out. */
 INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float *pr, int lrelu_on, float slope,
                      const float *po, float *o, int stream)
@@ -381,50 +402,51 @@ INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float 
     }
 }
 
-/* Output channels [cb, cb + 8 * NV) of the pixel pair (i0, i1) of row y (i1 == i0 for a single pixel). */
-INLINE void pw_block(const int NV, int y, int x, size_t i0, size_t i1, int n_in, const float *const *in,
-                     const long *in_ld, const int *in_c, const float *wt, const float *bias, int cb, int cout,
-                     int cp, const float *pre, long pre_ld, int pre_w, const long *iy, const long *ix,
-                     int lrelu_on, float slope, const float *post, long post_ld, float *out, long out_ld, int stream)
+/* Output channels [cb, cb + 8 * NV) of NP = 12 / NV pixels from x on in row y (12 accumulators; pixels past
+ * the row's end repeat its last pixel and are not stored). */
+INLINE void pw_block(const int NV, int y, int x, int W, int n_in, const float *const *in, const long *in_ld,
+                     const int *in_c, const float *wt, const float *bias, int cb, int cout, int cp,
+                     const float *pre, long pre_ld, int pre_w, const long *iy, const long *ix, int lrelu_on,
+                     float slope, const float *post, long post_ld, float *out, long out_ld, int stream)
 {
-    v8 acc0[4], acc1[4];
-    for (int v = 0; v < NV; ++v) acc0[v] = acc1[v] = ld(bias + cb + 8 * v);
+    const int NP = 12 / NV;
+    size_t px[12];
+    for (int j = 0; j < NP; ++j) px[j] = (size_t)y * W + (x + j < W ? x + j : W - 1);
+    v8 acc[12][4];
+    for (int j = 0; j < NP; ++j)
+        for (int v = 0; v < NV; ++v) acc[j][v] = ld(bias + cb + 8 * v);
     int row = 0;
     for (int k = 0; k < n_in; ++k) {
-        const float *p0 = in[k] + i0 * in_ld[k], *p1 = in[k] + i1 * in_ld[k];
+        const float *base = in[k];
+        const size_t ldk = (size_t)in_ld[k];
         for (int c = 0; c < in_c[k]; ++c, ++row) {
             const float *wr = wt + (size_t)row * cp + cb;
-            const v8 a0 = bc(p0[c]), a1 = bc(p1[c]);
-            for (int v = 0; v < NV; ++v) {
-                const v8 wv = ld(wr + 8 * v);
-                acc0[v] += a0 * wv;
-                acc1[v] += a1 * wv;
+            v8 wv[4];
+            for (int v = 0; v < NV; ++v) wv[v] = ld(wr + 8 * v);
+            for (int j = 0; j < NP; ++j) {
+                const v8 a = bc(base[px[j] * ldk + c]);
+                for (int v = 0; v < NV; ++v) acc[j][v] += a * wv[v];
             }
         }
     }
-    const size_t ld_pre = (size_t)pre_ld, row_pre = (size_t)(pre ? iy[y] : 0) * pre_w;
-    pw_store(NV, acc0, cb, cout, pre ? pre + (row_pre + ix[x]) * ld_pre + cb : NULL, lrelu_on, slope,
-             post ? post + i0 * post_ld + cb : NULL, out + i0 * out_ld + cb, stream);
-    if (i1 != i0)
-        pw_store(NV, acc1, cb, cout, pre ? pre + (row_pre + ix[x + 1]) * ld_pre + cb : NULL, lrelu_on, slope,
-                 post ? post + i1 * post_ld + cb : NULL, out + i1 * out_ld + cb, stream);
+    const size_t row_pre = (size_t)(pre ? iy[y] : 0) * pre_w;
+    for (int j = 0; j < NP && x + j < W; ++j)
+        pw_store(NV, acc[j], cb, cout, pre ? pre + (row_pre + ix[x + j]) * (size_t)pre_ld + cb : NULL, lrelu_on,
+                 slope, post ? post + px[j] * post_ld + cb : NULL, out + px[j] * out_ld + cb, stream);
 }
 
-int jdnet_pointwise(int H, int W, int n_in, const float *const *in, const long *in_ld, const int *in_c,
-                    const float *wt, const float *bias, int cout, int cp, const float *pre, long pre_ld,
-                    int pre_w, const long *iy, const long *ix, int lrelu_on, float slope, const float *post,
-                    long post_ld, float *out, long out_ld, int stream, int threads)
+int jdnet_pointwise(int H, int W, const pw_args *g, int threads)
 {
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-    for (int y = 0; y < H; ++y)
-        for (int cb = 0; cb < cp; cb += 32)
-            for (int x = 0; x < W; x += 2) {
-                const size_t i0 = (size_t)y * W + x, i1 = x + 1 < W ? i0 + 1 : i0;
-#define PW_BLOCK(NV) pw_block(NV, y, x, i0, i1, n_in, in, in_ld, in_c, wt, bias, cb, cout, cp, pre, pre_ld, \
-                              pre_w, iy, ix, lrelu_on, slope, post, post_ld, out, out_ld, stream)
-                switch ((cp - cb) / 8) {
+        for (int y = 0; y < H; ++y)
+            for (int cb = 0; cb < g->cp; cb += 32) {
+#define PW_BLOCK(NV) for (int x = 0; x < W; x += 12 / NV)                                                       \
+                         pw_block(NV, y, x, W, g->n_in, g->in, g->in_ld, g->in_c, g->wt, g->bias, cb, g->cout,  \
+                                  g->cp, g->pre, g->pre_ld, g->pre_w, g->iy, g->ix, g->lrelu_on, g->slope,      \
+                                  g->post, g->post_ld, g->out, g->out_ld, g->stream)
+                switch ((g->cp - cb) / 8) {
                     case 1: PW_BLOCK(1); break;
                     case 2: PW_BLOCK(2); break;
                     case 3: PW_BLOCK(3); break;
@@ -433,7 +455,7 @@ int jdnet_pointwise(int H, int W, int n_in, const float *const *in, const long *
 #undef PW_BLOCK
             }
 #ifdef __AVX__
-    __builtin_ia32_sfence(); /* this thread's streamed stores are visible before the team's end */
+        __builtin_ia32_sfence(); /* this thread's streamed stores are visible before the team's end */
 #endif
     }
     return 0;
