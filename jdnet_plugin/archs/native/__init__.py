@@ -296,10 +296,10 @@ def pointwise(conv: Pointwise) -> bool:
     threads = max(1, torch.get_num_threads())
     for i in range(b):
         ptrs = (ctypes.c_void_p * n)(*[t[i].data_ptr() for t in conv.inputs])
-        st = _PointwiseArgs(n_in=n, in_=ctypes.addressof(ptrs), in_ld=ctypes.addressof(in_ld), in_c=ctypes.addressof(in_c),
-                    wt=prep["wt"].data_ptr(), bias=prep["bias"].data_ptr(), cout=cout, cp=prep["cp"],
-                    lrelu_on=conv.lrelu is not None, slope=conv.lrelu or 0.0, out=conv.out[i].data_ptr(),
-                    out_ld=prep["out_ld"], stream=conv.stream)
+        st = _PointwiseArgs(n_in=n, in_=ctypes.addressof(ptrs), in_ld=ctypes.addressof(in_ld),
+                            in_c=ctypes.addressof(in_c), wt=prep["wt"].data_ptr(), bias=prep["bias"].data_ptr(),
+                            cout=cout, cp=prep["cp"], lrelu_on=conv.lrelu is not None, slope=conv.lrelu or 0.0,
+                            out=conv.out[i].data_ptr(), out_ld=prep["out_ld"], stream=conv.stream)
         if conv.pre is not None:
             st.pre, st.pre_ld, st.pre_w = conv.pre[0][i].data_ptr(), prep["pre_ld"], conv.pre[0].shape[2]
             st.iy, st.ix = prep["iy"].data_ptr(), prep["ix"].data_ptr()
