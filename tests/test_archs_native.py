@@ -101,6 +101,17 @@ def test_inconsistent_shapes_are_an_error():
         native.san_bottleneck(x, None, *_args(h=5), x.clone())  # a position map of another height
 
 
+@needs_compiler
+def test_loading_the_kernels_leaves_denormals_alone(tmp_path):
+    # A library linked with -ffast-math by GCC carries crtfastmath.o, which turns on flush-to-zero for the
+    # whole process as it loads.
+    code = ("import torch; from jdnet_plugin.archs import native; assert native.available(); "
+            "print(1e-310 * 1.0 != 0.0, (torch.tensor([1e-39]) * 1.0).item() != 0.0)")
+    env = dict(os.environ, JDNET_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_disabled_by_environment(tmp_path):
     code = "from jdnet_plugin.archs import native; print(native.available())"
     env = dict(os.environ, JDNET_NATIVE="0", JDNET_CACHE_DIR=str(tmp_path))

@@ -30,7 +30,9 @@ __all__ = ["available", "san_bottleneck", "Pointwise", "pointwise", "cache_dir"]
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("san.c")
-_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-shared"]
+# No -ffast-math: linking with it makes GCC add crtfastmath.o, whose constructor turns on flush-to-zero for the
+# whole process when the library loads (the kernels' hot loops are explicit vector code and do not need it).
+_FLAGS = ["-O3", "-fno-math-errno", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the kernels then run on PyTorch's own thread team) and this CPU's vector units;
 # without either where the compiler or its runtime lacks them.
 _OPTIONAL_FLAGS = (["-fopenmp", "-march=native"], ["-fopenmp"], ["-march=native"], [])
@@ -89,7 +91,7 @@ def _build() -> ctypes.CDLL | None:
         if error is None:
             lib = ctypes.CDLL(str(target))
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
-            lib.jdnet_san.argtypes = [ptr, ctypes.c_long] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
+            lib.jdnet_san.argtypes = [ptr, ctypes.c_int64] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
             lib.jdnet_pointwise.argtypes = [i32, i32, ctypes.POINTER(_PointwiseArgs), i32]
             for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp):
                 fn.restype = i32
@@ -236,10 +238,10 @@ class Pointwise:
 class _PointwiseArgs(ctypes.Structure):  # pw_args in san.c
     _fields_ = [("n_in", ctypes.c_int), ("in_", ctypes.c_void_p), ("in_ld", ctypes.c_void_p),
                 ("in_c", ctypes.c_void_p), ("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-                ("cout", ctypes.c_int), ("cp", ctypes.c_int), ("pre", ctypes.c_void_p), ("pre_ld", ctypes.c_long),
+                ("cout", ctypes.c_int), ("cp", ctypes.c_int), ("pre", ctypes.c_void_p), ("pre_ld", ctypes.c_int64),
                 ("pre_w", ctypes.c_int), ("iy", ctypes.c_void_p), ("ix", ctypes.c_void_p),
                 ("lrelu_on", ctypes.c_int), ("slope", ctypes.c_float), ("post", ctypes.c_void_p),
-                ("post_ld", ctypes.c_long), ("out", ctypes.c_void_p), ("out_ld", ctypes.c_long),
+                ("post_ld", ctypes.c_int64), ("out", ctypes.c_void_p), ("out_ld", ctypes.c_int64),
                 ("stream", ctypes.c_int)]
 
 
@@ -292,7 +294,7 @@ def pointwise(conv: Pointwise) -> bool:
         return False
     b, h, w, cout = conv.out.shape
     n = len(conv.inputs)
-    in_ld, in_c = (ctypes.c_long * n)(*prep["in_ld"]), (ctypes.c_int * n)(*prep["cin"])
+    in_ld, in_c = (ctypes.c_int64 * n)(*prep["in_ld"]), (ctypes.c_int * n)(*prep["cin"])
     threads = max(1, torch.get_num_threads())
     for i in range(b):
         ptrs = (ctypes.c_void_p * n)(*[t[i].data_ptr() for t in conv.inputs])

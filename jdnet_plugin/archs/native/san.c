@@ -11,6 +11,7 @@
  * whether this build runs in parallel.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,7 +160,7 @@ static void attend_row(const float *q1, size_t q1s, const float *q2, const float
 }
 
 /* out[i][c] = input[i][c] + bo[c] + sum_m wo[m][c] * att[m][i] for one row of W pixels. */
-static void output_row(const float *xrow, long ldx, const float *in_bias, const float *att, int Wv,
+static void output_row(const float *xrow, int64_t ldx, const float *in_bias, const float *att, int Wv,
                        const float *wo, const float *bo, float *orow, int C, int M, int W, float slope)
 {
     int cb = 0;
@@ -214,7 +215,7 @@ static inline void transpose8(v8 *r)
 
 /* One input row: its pixels (lrelu(x + in_bias) with in_bias) into xr, pixel-major (W, C), if xr is
  * given; lrelu(bn1(.)) of them into ob, channel-major (C, Wv). 8x8 blocks are transposed in registers. */
-static void load_row(const float *row, long ldx, const float *in_bias, const float *s1, const float *t1,
+static void load_row(const float *row, int64_t ldx, const float *in_bias, const float *s1, const float *t1,
                      int C, int W, int Wv, float slope, float *ob, float *xr)
 {
     int i = 0;
@@ -256,7 +257,7 @@ static void load_row(const float *row, long ldx, const float *in_bias, const flo
  * The attention: out_att[m, y, x] = sum_q softmax_q(logit[m % S, q]) * v[m, y + qi - p, x + qj - p]
  * with logit[s, q] = sum_c wt[s, c] lrelu(q1[c, y, x] - q2[c, y + qi - p, x + qj - p]), q1 = (conv1, pos),
  * q2 = (conv2, pos), v = conv3, neighbours outside the image reflected. */
-static int san_rows(const float *x, long ldx, const float *in_bias, const float *s1, const float *t1,
+static int san_rows(const float *x, int64_t ldx, const float *in_bias, const float *s1, const float *t1,
                     const float *wp, const float *bp, const float *pos, const float *wt, const float *s2,
                     const float *t2, const float *wo, const float *bo, float *out,
                     int C, int R, int M, int S, int H, int W, int k, float slope, int y0, int y1)
@@ -322,7 +323,7 @@ static int san_rows(const float *x, long ldx, const float *in_bias, const float 
     return 0;
 }
 
-int jdnet_san(const float *x, long ldx, const float *in_bias, const float *s1, const float *t1,
+int jdnet_san(const float *x, int64_t ldx, const float *in_bias, const float *s1, const float *t1,
               const float *wp, const float *bp, const float *pos, const float *wt, const float *s2,
               const float *t2, const float *wo, const float *bo, float *out,
               int C, int R, int M, int S, int H, int W, int k, float slope, int y0, int y1, int chunk, int threads)
@@ -361,20 +362,20 @@ int jdnet_openmp(void)
 typedef struct {
     int n_in;
     const float *const *in;
-    const long *in_ld;
+    const int64_t *in_ld;
     const int *in_c;
     const float *wt, *bias;
     int cout, cp;
     const float *pre;
-    long pre_ld;
+    int64_t pre_ld;
     int pre_w;
-    const long *iy, *ix;
+    const int64_t *iy, *ix;
     int lrelu_on;
     float slope;
     const float *post;
-    long post_ld;
+    int64_t post_ld;
     float *out;
-    long out_ld;
+    int64_t out_ld;
     int stream;
 } pw_args;
 
@@ -404,10 +405,10 @@ INLINE void pw_store(const int NV, const v8 *acc, int cb, int cout, const float 
 
 /* Output channels [cb, cb + 8 * NV) of NP = 12 / NV pixels from x on in row y (12 accumulators; pixels past
  * the row's end repeat its last pixel and are not stored). */
-INLINE void pw_block(const int NV, int y, int x, int W, int n_in, const float *const *in, const long *in_ld,
+INLINE void pw_block(const int NV, int y, int x, int W, int n_in, const float *const *in, const int64_t *in_ld,
                      const int *in_c, const float *wt, const float *bias, int cb, int cout, int cp,
-                     const float *pre, long pre_ld, int pre_w, const long *iy, const long *ix, int lrelu_on,
-                     float slope, const float *post, long post_ld, float *out, long out_ld, int stream)
+                     const float *pre, int64_t pre_ld, int pre_w, const int64_t *iy, const int64_t *ix, int lrelu_on,
+                     float slope, const float *post, int64_t post_ld, float *out, int64_t out_ld, int stream)
 {
     const int NP = 12 / NV;
     size_t px[12];
