@@ -286,11 +286,11 @@ def pointwise(conv: Pointwise) -> bool:
     """Run ``conv`` (see ``jdnet_pointwise`` in ``san.c``), or return False when the native kernels are not
     available (or built without OpenMP: one thread would lose to PyTorch's convolutions) or the tensors
     do not suit them; nothing is written then."""
-    prep = _prepare(conv)
-    if prep is None:
-        return False
     lib = _library()
     if lib is None or not lib.jdnet_openmp():
+        return False
+    prep = _prepare(conv)
+    if prep is None:
         return False
     b, h, w, cout = conv.out.shape
     n = len(conv.inputs)
