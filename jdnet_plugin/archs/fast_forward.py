@@ -171,21 +171,26 @@ def _position_conv(conv: torch.nn.Conv2d, h: int, w: int) -> torch.Tensor:
     return pos[None]
 
 
+def _sam_weights(sam, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM's ``conv1, conv2, conv3`` stacked (weight ``(2r + M, C)``, bias), ``conv_w``'s two 1x1
+    convolutions multiplied ``(S, r + 2)``, and the position map after ``conv_p`` ``(1, 2, H, W)``."""
+    _, c1, c2 = sam.conv_w
+    w123 = torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1)
+    b123 = torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias])
+    return w123, b123, c2.weight.flatten(1) @ c1.weight.flatten(1), _position_conv(sam.conv_p, h, w)
+
+
 def _san_native(san, x: torch.Tensor, in_bias: torch.Tensor | None) -> torch.Tensor | None:
     """The whole bottleneck as one native call (see ``native/san.c``), or None where it does not apply."""
-    sam = san.sam
     bn1, bn2 = _bn_affine(san.bn1), _bn_affine(san.bn2)
-    if bn1 is None or bn2 is None or x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on("cpu"):
+    if (bn1 is None or bn2 is None or x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on("cpu")
+            or not native.available()):
         return None
-    b, c, h, w = x.shape
-    _, c1, c2 = sam.conv_w
-    pos = _position_conv(sam.conv_p, h, w)
-    proj = (torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1).contiguous(),
-            torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias]))
+    w123, b123, wt, pos = _sam_weights(san.sam, *x.shape[-2:])
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    done = native.san_bottleneck(_nhwc(x), in_bias, bn1, proj, pos.contiguous(),
-                                 (c2.weight.flatten(1) @ c1.weight.flatten(1)).contiguous(), bn2,
-                                 (san.conv.weight.flatten(1), san.conv.bias), sam.kernel_size, _SLOPE, _nhwc(out))
+    done = native.san_bottleneck(_nhwc(x), in_bias, bn1, (w123.contiguous(), b123), pos.contiguous(),
+                                 wt.contiguous(), bn2, (san.conv.weight.flatten(1), san.conv.bias),
+                                 san.sam.kernel_size, _SLOPE, _nhwc(out))
     return out if done else None
 
 
@@ -201,15 +206,12 @@ def _san(san, x: torch.Tensor, band_pixels: int, in_bias: torch.Tensor | None = 
     o = _bn_lrelu(san.bn1, x)
     b, c, h, w = o.shape
     r, m = sam.conv1.out_channels, sam.conv3.out_channels
-    w123 = torch.cat([sam.conv1.weight, sam.conv2.weight, sam.conv3.weight]).flatten(1)
-    b123 = torch.cat([sam.conv1.bias, sam.conv2.bias, sam.conv3.bias])
+    w123, b123, wt, pos = _sam_weights(sam, h, w)
     # NCHW planes for the attention: (2r + M, C) @ (C, HW) per image.
     y = torch.bmm(w123.to(o.dtype).expand(b, -1, -1), _nhwc(o).reshape(b, h * w, c).transpose(1, 2))
     y = y.add_(b123[:, None]).view(b, -1, h, w)
-    _, c1, c2 = sam.conv_w
-    pos = _position_conv(sam.conv_p, h, w)
-    att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos,
-                               c2.weight.flatten(1) @ c1.weight.flatten(1), c2.bias, sam.kernel_size, band_pixels)
+    att = sam_attention_banded(y[:, :r], y[:, r:2 * r], y[:, 2 * r:], pos, wt, sam.conv_w[2].bias, sam.kernel_size,
+                               band_pixels)
     att = _bn_lrelu(san.bn2, att)
     # conv (M -> C) + x, channels_last: x += (HW, M) @ (M, C) per image, in place (x is not needed
     # after this).

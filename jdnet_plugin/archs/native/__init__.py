@@ -1,12 +1,12 @@
 """Optional native CPU kernels, compiled on first use with the system's C compiler.
 
 SAN's authors compiled their attention kernels at run time (CuPy); StyleGAN's custom ops do the same
-with a fallback. Here the kernel (``san.c``: the SAN bottleneck with its attention) is plain C (no Python or PyTorch
-headers, about a second to build), cached under ``$JDNET_CACHE_DIR`` (default
-``~/.cache/jdnet_plugin``), called through ``ctypes``. It splits the image's rows over PyTorch's own
-OpenMP threads where the compiler has OpenMP, else over a small thread pool here. Where no compiler is
-found, the build fails, or ``JDNET_NATIVE=0``, :func:`san_bottleneck` returns False and callers use
-PyTorch.
+with a fallback. Here the kernels (``san.c``: the SAN bottleneck with its attention, and a 1x1
+convolution with what follows it) are plain C (no Python or PyTorch headers, about a second to build),
+cached under ``$JDNET_CACHE_DIR`` (default ``~/.cache/jdnet_plugin``), called through ``ctypes``. They
+split the image's rows over PyTorch's own OpenMP threads where the compiler has OpenMP (the SAN kernel
+otherwise over a small thread pool here). Where no compiler is found, the build fails, or
+``JDNET_NATIVE=0``, :func:`san_bottleneck` and :func:`pointwise` return False and callers use PyTorch.
 """
 from __future__ import annotations
 
@@ -161,8 +161,17 @@ def _run_rows(kernel, batch: int, height: int, name: str) -> None:
         raise MemoryError(f"{name}: the native kernel could not allocate its scratch rows")
 
 
-def _usable(*tensors: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+def _cpu_fp32(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _pixels_ld(t: torch.Tensor) -> int | None:
+    """The pixel stride of a ``(B, H, W, C)`` view whose channels are contiguous and pixels evenly spaced in
+    row order, else None."""
+    b, h, w, c = t.shape
+    ld = t.stride(2)
+    ok = t.stride(3) == 1 or c == 1
+    return ld if ok and t.stride(1) == w * ld and (b == 1 or t.stride(0) == h * w * ld) else None
 
 
 def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1: tuple[torch.Tensor, torch.Tensor],
@@ -179,12 +188,11 @@ def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1: tuple[tor
     ``(1, 2, H, W)`` after ``conv_p``; ``weight``: ``(S, R + 2)`` ``conv_w`` folded; ``conv``: the last
     1x1 as ``(C, M)`` weight and ``(C,)`` bias."""
     b, h, w, c = x.shape
-    ldx = x.stride(2)
+    ldx = _pixels_ld(x)
     (s1, t1), (wp, bp), (s2, t2), (wo, bo) = bn1, proj, bn2, conv
     wo = wo.t().contiguous()
     params = [s1, t1, wp, bp, pos, weight, s2, t2, wo, bo] + ([in_bias] if in_bias is not None else [])
-    if not (_usable(*params, out) and x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(3) == 1
-            and x.stride(1) == w * ldx and x.stride(0) == h * w * ldx):
+    if ldx is None or not (_cpu_fp32(x, out, *params) and all(t.is_contiguous() for t in (out, *params))):
         return False
     lib = _library()
     if lib is None:
@@ -204,15 +212,6 @@ def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1: tuple[tor
 
     _run_rows(rows, b, h, "san_bottleneck")
     return True
-
-
-def _pixels_ld(t: torch.Tensor) -> int | None:
-    """The pixel stride of a ``(B, H, W, C)`` view whose channels are contiguous and pixels evenly spaced in
-    row order, else None."""
-    b, h, w, c = t.shape
-    ld = t.stride(2)
-    ok = t.stride(3) == 1 or c == 1
-    return ld if ok and t.stride(1) == w * ld and (b == 1 or t.stride(0) == h * w * ld) else None
 
 
 @dataclass
@@ -247,13 +246,10 @@ class _PointwiseArgs(ctypes.Structure):  # pw_args in san.c
 
 def _prepare(st: Pointwise) -> dict | None:
     """The convolution's padded weight, strides and indices; None where its tensors do not suit the kernel."""
-    tensors = [*st.inputs, st.weight, st.out] + [t for t in (st.bias, st.post) if t is not None]
-    if st.pre is not None:
-        tensors.append(st.pre[0])
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return None
     views = [*st.inputs, st.out] + ([st.post] if st.post is not None else []) + \
         ([st.pre[0]] if st.pre is not None else [])
+    if not _cpu_fp32(*views, st.weight, *([st.bias] if st.bias is not None else [])):
+        return None
     lds = [_pixels_ld(t) for t in views]
     if None in lds:
         return None

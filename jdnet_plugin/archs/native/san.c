@@ -159,22 +159,20 @@ static void attend_row(const float *q1, size_t q1s, const float *q2, const float
         attend_impl(0, 0, q1, q1s, q2, v, q2s, Wps, wt, att, Wv, Cq, M, S, k, slope, L);
 }
 
-/* out[i][c] = input[i][c] + bo[c] + sum_m wo[m][c] * att[m][i] for one row of W pixels. */
-static void output_row(const float *xrow, int64_t ldx, const float *in_bias, const float *att, int Wv,
-                       const float *wo, const float *bo, float *orow, int C, int M, int W, float slope)
+/* out[i][c] = xrow[i][c] + bo[c] + sum_m wo[m][c] * att[m][i] for one row of W pixels; xrow: (W, C), the
+ * row's (activated) input kept from its projection. */
+static void output_row(const float *xrow, const float *att, int Wv, const float *wo, const float *bo, float *orow,
+                       int C, int M, int W)
 {
     int cb = 0;
     for (; cb + 8 <= C; cb += 8) {
-        const v8 b = ld(bo + cb), ib = in_bias ? ld(in_bias + cb) : bc(0.f);
+        const v8 b = ld(bo + cb);
         for (int m0 = 0; m0 < M; m0 += 8) {
             v8 w[8];
             for (int m = 0; m < 8; ++m) w[m] = m0 + m < M ? ld(wo + (size_t)(m0 + m) * C + cb) : bc(0.f);
             for (int i = 0; i < W; ++i) {
                 float *o = orow + (size_t)i * C + cb;
-                v8 acc;
-                if (m0 > 0) acc = ld(o);
-                else if (in_bias) acc = vlrelu(ld(xrow + (size_t)i * ldx + cb) + ib, slope) + b;
-                else acc = ld(xrow + (size_t)i * ldx + cb) + b;
+                v8 acc = m0 > 0 ? ld(o) : ld(xrow + (size_t)i * C + cb) + b;
                 for (int m = 0; m < 8 && m0 + m < M; ++m) acc += w[m] * bc(att[(size_t)(m0 + m) * Wv + i]);
                 st(o, acc);
             }
@@ -182,7 +180,7 @@ static void output_row(const float *xrow, int64_t ldx, const float *in_bias, con
     }
     for (; cb < C; ++cb)
         for (int i = 0; i < W; ++i) {
-            float s = input_at(xrow + (size_t)i * ldx, in_bias, cb, slope) + bo[cb];
+            float s = xrow[(size_t)i * C + cb] + bo[cb];
             for (int m = 0; m < M; ++m) s += wo[(size_t)m * C + cb] * att[(size_t)m * Wv + i];
             orow[(size_t)i * C + cb] = s;
         }
@@ -316,8 +314,7 @@ static int san_rows(const float *x, int64_t ldx, const float *in_bias, const flo
             float *a = att + (size_t)m * Wv;
             for (int i = 0; i < W; ++i) a[i] = lrelu(a[i] * s2[m] + t2[m], slope);
         }
-        output_row(xring + (size_t)(ar % (p + 1)) * W * C, C, NULL, att, Wv, wo, bo, out + (size_t)y * W * C, C, M, W,
-                   slope);
+        output_row(xring + (size_t)(ar % (p + 1)) * W * C, att, Wv, wo, bo, out + (size_t)y * W * C, C, M, W);
     }
     free(buf);
     return 0;
