@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -15,3 +17,21 @@ from jdnet_plugin.utils.atomic import atomic_write_text  # noqa: E402
 def write_results(name: str, result: dict, markdown: str) -> None:
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
     atomic_write_text(RESULTS / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+
+
+def machine_info() -> dict:
+    """The CPU the numbers came from (the development VMs differ: AVX2 on some, AVX-512 on others)."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "simd": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count()}
+
+
+def machine_text(info: dict) -> str:
+    """``machine_info()`` in one phrase for a results table's header."""
+    return f"{info['cpu']} ({info['simd']}), {info['cpu_count']} CPUs"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, write_results
+from _results import ROOT, machine_info, machine_text, write_results
 
 
 
@@ -167,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['reference']['seconds_median']:.2f} s, speedup {row['speedup']:.1f}x, "
                       f"max |diff| {row['max_abs_diff_fast_vs_reference']:.2g}", flush=True)
     result = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "omp_wait_policy": args.omp_wait_policy, "loadavg_at_end": os.getloadavg(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(),
+              "omp_wait_policy": args.omp_wait_policy, "loadavg_at_end": os.getloadavg(), "torch": torch.__version__,
               "note": args.note, "rows": rows}
     write_results(f"inference-{args.tag}", result, to_markdown(result))
     print(to_markdown(result))
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def to_markdown(result: dict) -> str:
     lines = [f"# JDNet inference benchmark ({result['date']})", "",
-             f"`{result['command']}`; torch {result['torch']}, {result['cpu_count']} CPUs, "
+             f"`{result['command']}`; torch {result['torch']}, {machine_text(result['machine'])}, "
              f"load average at the end {', '.join(f'{v:.1f}' for v in result['loadavg_at_end'])}. {result['note']}", "",
              "| preset | size | device | dtype | impl | seconds (median) | MP/s | peak RSS MB | speedup | max abs diff |",
              "|---|---|---|---|---|---|---|---|---|---|"]

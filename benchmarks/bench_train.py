@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import ROOT, write_results
+from _results import ROOT, machine_info, machine_text, write_results
 
 
 
@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup"] = row["reference"]["seconds_per_step_median"] / row["fast"]["seconds_per_step_median"]
         rows.append(row)
     result = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(),
               "omp_wait_policy": args.omp_wait_policy, "loadavg_at_end": os.getloadavg(),
               "torch": torch.__version__, "note": args.note, "rows": rows}
     lines = [f"# JDNet training-step benchmark ({result['date']})", "",
-             f"`{result['command']}`; torch {result['torch']}, {result['cpu_count']} CPUs, load average at the end "
+             f"`{result['command']}`; torch {result['torch']}, {machine_text(result['machine'])}, load average at the end "
              f"{', '.join(f'{v:.1f}' for v in result['loadavg_at_end'])}. {args.note}", "",
              "| preset | batch x patch | impl | s/step (median) | steps/s | speedup |", "|---|---|---|---|---|---|"]
     for row in rows:

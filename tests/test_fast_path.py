@@ -153,6 +153,27 @@ def test_bf16_autocast_on_cpu_is_close():
     assert all(v.shape == w.shape for v, w in zip(m.state_dict().values(), _model("jdnet-lite").state_dict().values()))
 
 
+def test_bf16_autocast_never_reads_uninitialised_memory():
+    # Uninitialised tensors filled with NaN (deterministic mode): torch's bf16 CPU GEMM reads past the dense
+    # buffer's column prefixes (width 80 of 112 here, jdnet-lite's fusion 3), which made the output NaN.
+    torch.manual_seed(0)
+    m = create_model("jdnet-lite").eval().optimize_for_inference(dtype=torch.bfloat16)  # the preset's 6 units
+    x = torch.rand(1, 3, 64, 64)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        with torch.inference_mode():
+            out = m(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+    assert torch.isfinite(out).all()
+    with torch.inference_mode():
+        ref = m.optimize_for_inference(dtype=torch.float32)(x)
+    assert (out - ref).abs().max() < 0.05
+
+
 def test_optimize_for_inference_rejects_bad_dtype():
     with pytest.raises(ValueError, match="dtype"):
         _model("jdnet-lite").optimize_for_inference(dtype=torch.int8)
