@@ -1,0 +1,31 @@
+"""The benchmark scripts' own arithmetic: the FLOP count behind the FLOP-limit ratio, the machine record."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _results  # noqa: E402
+import flop_limit  # noqa: E402
+
+
+def test_network_flops_match_the_paper_model():
+    # The architecture document: about 418 GFLOP (convolutions only) for one 320x480 image.
+    assert flop_limit.network_flops("jdnet", (320, 480)) == pytest.approx(418e9, rel=1e-3)
+
+
+def test_network_flops_grow_with_the_image():
+    small, big = flop_limit.network_flops("jdnet-lite", (64, 64)), flop_limit.network_flops("jdnet-lite", (128, 128))
+    assert big == pytest.approx(4 * small, rel=0.02)
+
+
+def test_machine_info_names_the_cpu_and_its_vector_unit():
+    info = _results.machine_info()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "model name" in cpuinfo.read_text():
+        assert info["cpu"] in cpuinfo.read_text()
+    assert info["cpu"] and info["simd"] and info["cpu_count"] >= 1
+    assert _results.machine_text(info) == f"{info['cpu']} ({info['simd']}), {info['cpu_count']} CPUs"
