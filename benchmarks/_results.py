@@ -35,3 +35,9 @@ def machine_info() -> dict:
 def machine_text(info: dict) -> str:
     """``machine_info()`` in one phrase for a results table's header."""
     return f"{info['cpu']} ({info['simd']}), {info['cpu_count']} CPUs"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` (a ``--size`` argument) as ``(H, W)``."""
+    h, w = text.lower().split("x")
+    return int(h), int(w)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, machine_info, machine_text, write_results
+from _results import ROOT, machine_info, machine_text, parse_size, write_results
 
 
 
@@ -90,15 +90,10 @@ def measure(preset: str, impl: str, size: tuple[int, int], threads: int, device:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", action="append", help="jdnet, jdnet-lite (repeatable; default both)")
-    p.add_argument("--size", type=_size, action="append", help="HxW (repeatable; default 320x480)")
+    p.add_argument("--size", type=parse_size, action="append", help="HxW (repeatable; default 320x480)")
     p.add_argument("--impl", choices=("both", "fast", "reference"), default="both")
     p.add_argument("--repeats", type=int, default=3, help="subprocesses per impl and config (median)")
     p.add_argument("--iters", type=int, default=1, help="timed forwards per subprocess (best)")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import ROOT, machine_info, machine_text, write_results
+from _results import ROOT, machine_info, machine_text, parse_size, write_results
 
 
 def network_flops(preset: str, size: tuple[int, int]) -> float:
@@ -66,15 +66,10 @@ def fast_forward_seconds(preset: str, size: tuple[int, int], iters: int) -> floa
         return min(_timed(lambda: model(x)) for _ in range(iters))
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", action="append", help="jdnet, jdnet-lite (repeatable; default both)")
-    p.add_argument("--size", type=_size, default=(320, 480), help="HxW (default 320x480)")
+    p.add_argument("--size", type=parse_size, default=(320, 480), help="HxW (default 320x480)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=3, help="timed forwards (best)")
     p.add_argument("--gemm-size", type=int, default=4096)
