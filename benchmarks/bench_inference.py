@@ -65,7 +65,8 @@ def child(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t)
     # The native kernels run in fp32 only: under autocast the fast path takes PyTorch's kernels.
     rec = {"seconds": min(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_mb": rss_before, "native_attention": args.impl == "fast" and native.available() and dtype is None}
+           "rss_before_mb": rss_before,
+           "native_attention": args.impl == "fast" and native.available() and dtype is None}
     if args.device.startswith("cuda"):
         rec["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.save_output:

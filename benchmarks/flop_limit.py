@@ -1,9 +1,10 @@
 """How far the fast forward is from this machine's FLOP limit.
 
 The network's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the module path
-(shapes only, on the meta device; its convolutions: the attention's element-wise work is not counted). The limit is the best rate of a
-large square fp32 GEMM (``--gemm-size``, best of ``--gemm-repeats``) at the same thread count: the
-FLOPs at that rate give the time below which no implementation built on these convolutions can go.
+(shapes only, on the meta device; its convolutions: the attention's element-wise work is not counted).
+The limit is the best rate of a large square fp32 GEMM (``--gemm-size``, best of ``--gemm-repeats``) at
+the same thread count: the FLOPs at that rate give the time below which no implementation built on
+these convolutions can go.
 The fast forward is timed in-process after a warm-up at the same size (best of ``--iters``).
 
     python benchmarks/flop_limit.py                       # both presets at 320x480, 2 threads

@@ -367,11 +367,11 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
     b, c, h, w = feat.shape
     n = len(chain.units)
     buf = empty_huge(b, h, w, (n + 1) * c, dtype=feat.dtype, device=feat.device)
-    if feat.dtype != torch.float32:
+    if feat.dtype != torch.float32 and feat.device.type == "cpu":
         # The fusion GEMMs read column prefixes of this buffer. torch 2.14's bf16 CPU GEMM (AVX-512 / AMX)
         # reads on past a prefix whose width is no multiple of 32 and multiplies that by zero padding: a
         # NaN left there by the allocator made the whole output NaN. Columns not yet written hold zeros.
-        buf.zero_()
+        buf[..., c:].zero_()
     flat = buf.view(-1, (n + 1) * c)
     buf[..., :c] = _nhwc(feat)
     out, out_bias = feat, None  # the next unit's input is lrelu(out + out_bias) where out_bias is set
