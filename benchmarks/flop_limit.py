@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import ROOT, machine_info, machine_text, parse_size, write_results
+from _results import machine_info, machine_text, parse_size, write_results  # also puts the repo on sys.path
 
 
 def network_flops(preset: str, size: tuple[int, int]) -> float:
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
     rate = gemm_rate(args.gemm_size, args.gemm_repeats)
     h, w = args.size
     rows = []
