@@ -10,7 +10,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from jdnet_plugin.rain import PRESETS, Haze, RainParams, RainSynthesis, StreakLayer, add_rain, load_presets
+from jdnet_plugin.rain import (PRESETS, Haze, Mixture, RainParams, RainSynthesis, StreakLayer, add_rain, list_rain_presets,
+                               load_presets)
 
 
 def _scene(h: int = 64, w: int = 96, seed: int = 0) -> torch.Tensor:
@@ -25,8 +26,10 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_presets_present_and_valid():
-    assert {"light", "heavy"} <= set(PRESETS)
-    assert all(isinstance(p, RainParams) for p in PRESETS.values())
+    assert {"light", "heavy", "mixed", "broad", "drizzle", "streaks", "downpour", "garg-nayar", "veil",
+            "storm"} <= set(PRESETS)
+    assert all(isinstance(p, (RainParams, Mixture)) for p in PRESETS.values())
+    assert set(PRESETS["broad"].choices) == set(list_rain_presets()) - {"broad", "mixed"}  # every source
     assert PRESETS["heavy"].haze is not None and len(PRESETS["heavy"].layers) >= 2
 
 
@@ -141,7 +144,7 @@ def test_streak_direction_follows_angle():
 
 def test_bad_inputs_and_params():
     with pytest.raises(KeyError, match="unknown rain preset"):
-        add_rain(_scene(), "drizzle")
+        add_rain(_scene(), "hail")
     with pytest.raises(ValueError, match="density"):
         StreakLayer(density=2.0)
     with pytest.raises(ValueError, match="brightness"):
@@ -184,7 +187,7 @@ def test_transform_module_rains_on_images_only():
     assert RainSynthesis("light", seed=1)(np.asarray(pil)).dtype == np.uint8
     assert "light" in repr(RainSynthesis("light"))
     with pytest.raises(KeyError):
-        RainSynthesis("drizzle")
+        RainSynthesis("hail")
 
 
 def test_fast_enough_for_on_the_fly_training():

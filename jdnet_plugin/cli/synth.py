@@ -166,19 +166,14 @@ def rewrite_dataset_yaml(text: str, yaml_src: Path, yaml_dst: Path, src_root: Pa
 def _rain_file(job: Job, preset: str, seed: int, scale: str, jpeg_quality: int) -> str | None:
     """Read, rain, write one image; an error message naming the file, or None."""
     import cv2
-    import torch
 
-    from ..rain import PRESETS, add_rain, make_generator
-    from ..rain.params import resolve_preset
+    from ..rain import add_rain, draw_params, make_generator
 
     try:
         rgb = read_rgb(job.src)
         g = make_generator(file_seed(seed, job.rel))
-        choice = resolve_preset(preset)
-        if isinstance(choice, tuple):
-            choice = PRESETS[choice[int(torch.randint(len(choice), (1,), generator=g))]]
         factor = min(rgb.shape[:2]) / 320.0 if scale == "auto" else float(scale)
-        params = choice.scaled(factor) if factor != 1.0 else choice
+        params = draw_params(preset, g, factor)
         params_jpeg = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if job.dst.suffix.lower() in (".jpg", ".jpeg") else None
         write_rgb(job.dst, add_rain(rgb, params, generator=g), params_jpeg)
     except (ImageReadError, OSError, ValueError) as e:
@@ -205,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=True, metavar="DST",
                     help="output folder (or image file when SRC is an image); never inside SRC")
     ap.add_argument("--preset", default="light",
-                    help="light, heavy, mixed (light or heavy per image) or another name in rain_presets.yaml")
+                    help="a rain preset of jdnet_plugin/configs/rain_presets.yaml: light, heavy, mixed, drizzle, "
+                         "streaks, downpour, garg-nayar, veil, storm, broad (all of them mixed)")
     ap.add_argument("--seed", type=int, default=0, help="base seed; each file's seed also depends on its path")
     ap.add_argument("--scale", default="1",
                     help="streak size factor, or 'auto' = shorter image side / 320 (Rain100L's size); default 1")

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int)
     a("--workers", type=int, help="DataLoader worker processes")
     a("--threads", type=int, help="torch CPU threads per process")
-    a("--synthetic-rain", choices=("light", "heavy", "mixed"), help="--data holds clean images; add this rain")
+    a("--synthetic-rain", metavar="PRESET",
+      help="--data holds clean images; add this rain (a preset of jdnet_plugin/configs/rain_presets.yaml: "
+           "broad, mixed, light, heavy, storm, ...)")
     a("--clean-fraction", type=float, metavar="P",
       help="with --synthetic-rain: share of crops left dry (input = target), so clean images pass unchanged")
     a("--format", choices=("paired", "side-by-side", "clean"), help="data format (detected by default)")

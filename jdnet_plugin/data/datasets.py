@@ -308,7 +308,8 @@ class UnpairedDataset(_Base):
 class SyntheticRainDataset(_Base):
     """Clean images with rain synthesised on the fly (:func:`jdnet_plugin.rain.add_rain`) on each crop.
 
-    ``preset``: ``"light"``, ``"heavy"``, ``"mixed"`` (light or heavy per image) or a ``RainParams``. The crop
+    ``preset``: a rain preset name (``jdnet_plugin.rain.list_rain_presets()``; ``"broad"`` for training) or a
+    ``RainParams``. The target is the clean crop through the rain's camera blur and noise, if any. The crop
     is taken first, so the cost of synthesis is that of a patch, not of the whole image. ``clean_fraction``:
     the share of samples left dry (input = target), which teaches the model to leave rain-free images alone.
     """
@@ -320,8 +321,12 @@ class SyntheticRainDataset(_Base):
         if not 0.0 <= clean_fraction <= 1.0:
             raise DatasetError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
         self.clean_fraction = float(clean_fraction)
-        from ..rain import add_rain  # noqa: F401  (fail here, not in a worker, when it is missing)
+        from ..rain.params import resolve_preset
 
+        try:
+            resolve_preset(preset)  # an unknown name fails here, not in a DataLoader worker
+        except KeyError as e:
+            raise DatasetError(e.args[0]) from None
         self.preset = preset
         self.root = Path(files) if isinstance(files, (str, os.PathLike)) else None
         self.files = _images(self.root) if self.root is not None else [Path(f) for f in files]
@@ -335,7 +340,7 @@ class SyntheticRainDataset(_Base):
         return len(self.files)
 
     def __getitem__(self, key) -> dict:
-        from ..rain import add_rain
+        from ..rain import add_rain_pair
 
         index, rng = self._rng(key)
         f = self.files[index]
@@ -343,8 +348,8 @@ class SyntheticRainDataset(_Base):
         clean = to_tensor(clean)
         if self.clean_fraction and rng.random() < self.clean_fraction:  # no draw at 0: same stream as before
             return {"rain": clean.clone(), "clean": clean, "name": _name(f, self.root)}
-        rain = add_rain(clean, self.preset, seed=int(rng.integers(0, 2**31 - 1)))
-        return {"rain": rain.clamp(0, 1), "clean": clean, "name": _name(f, self.root)}
+        rain, target = add_rain_pair(clean, self.preset, seed=int(rng.integers(0, 2**31 - 1)))
+        return {"rain": rain.clamp(0, 1), "clean": target, "name": _name(f, self.root)}
 
 
 class ConcatDataset(Dataset):

@@ -1,8 +1,13 @@
-"""Realistic synthetic rain: streak layers plus haze, as a function (:func:`add_rain`), a transform
-(:class:`RainSynthesis`) and calibrated presets (:data:`PRESETS`: ``light`` ~ Rain100L, ``heavy`` ~ Rain100H)."""
-from .params import PRESETS, PRESETS_FILE, Haze, RainParams, StreakLayer, load_presets
-from .synthesis import add_rain, make_generator, rain_layer
+"""Realistic synthetic rain, composed of layers: a veil of accumulated rain, streak sources (line kernels,
+noise-seeded streaks, rendered streak images), camera effects. As functions (:func:`add_rain`,
+:func:`add_rain_pair`), a transform (:class:`RainSynthesis`) and named presets (:data:`PRESETS`, from
+``configs/rain_presets.yaml``; ``broad`` samples the whole range, for training)."""
+from .params import (PRESETS, PRESETS_FILE, Camera, Haze, Mixture, NoiseStreaks, RainParams, StreakImages, StreakLayer,
+                     list_rain_presets, load_presets)
+from .sources import StreakImagesNotFound, image_streaks, noise_streaks
+from .synthesis import add_rain, add_rain_pair, draw_params, make_generator, rain_layer
 from .transforms import RainSynthesis
 
-__all__ = ["RainParams", "StreakLayer", "Haze", "PRESETS", "PRESETS_FILE", "load_presets", "add_rain",
-           "make_generator", "rain_layer", "RainSynthesis"]
+__all__ = ["RainParams", "StreakLayer", "NoiseStreaks", "StreakImages", "Haze", "Camera", "Mixture", "PRESETS",
+           "PRESETS_FILE", "load_presets", "list_rain_presets", "add_rain", "add_rain_pair", "draw_params",
+           "make_generator", "rain_layer", "noise_streaks", "image_streaks", "StreakImagesNotFound", "RainSynthesis"]

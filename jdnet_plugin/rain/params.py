@@ -9,8 +9,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["Range", "StreakLayer", "Haze", "RainParams", "PRESETS", "PRESETS_FILE", "load_presets",
-           "resolve_preset"]
+__all__ = ["Range", "StreakLayer", "NoiseStreaks", "StreakImages", "Haze", "Camera", "RainParams", "Mixture",
+           "PRESETS", "PRESETS_FILE", "BLENDS", "load_presets", "resolve_preset", "list_rain_presets"]
 
 # A number, or a (low, high) pair drawn uniformly for each image (streak group, or drop for brightness).
 Range = Union[float, tuple[float, float]]
@@ -36,6 +36,14 @@ def _scale(value: Range, factor: float) -> Range:
     return (value[0] * factor, value[1] * factor) if isinstance(value, tuple) else value * factor
 
 
+def _check_fields(obj: Any, bounds: dict[str, tuple[float, float]]) -> None:
+    """Normalise each named field to a :data:`Range` within its bounds; ``p`` must be a probability."""
+    for name, (low, high) in bounds.items():
+        object.__setattr__(obj, name, _as_range(getattr(obj, name), f"{type(obj).__name__}.{name}", low, high))
+    if not 0.0 <= getattr(obj, "p", 1.0) <= 1.0:
+        raise ValueError(f"{type(obj).__name__}.p must lie in [0, 1], got {obj.p}")
+
+
 @dataclass(frozen=True)
 class StreakLayer:
     """One layer of rain streaks (one depth plane), drawn as ``directions`` groups of parallel streaks.
@@ -44,69 +52,166 @@ class StreakLayer:
     (the top of the streak to the right of its bottom).
     """
 
-    density: float            # fraction of pixels where a streak starts
+    density: Range            # fraction of pixels where a streak starts, per image
     length: Range = 25.0      # streak length, drawn per group
     width: Range = 1.0        # streak width (sub-pixel widths give fainter lines), drawn per group
     angle: Range = 0.0        # the layer's direction, drawn per image
     angle_jitter: float = 0.0  # each group's direction differs from the layer's by up to this much
     directions: int = 1       # number of streak groups with their own direction and length
-    blur: float = 0.0         # Gaussian blur sigma (pixels) of the streaks: motion/defocus softness
+    blur: Range = 0.0         # Gaussian blur sigma (pixels) of the streaks: motion/defocus softness, per image
     brightness: Range = 0.8   # peak opacity of one streak, drawn per drop
+    p: float = 1.0            # probability that the layer is present in an image
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.density <= 1.0:
-            raise ValueError(f"density must lie in [0, 1], got {self.density}")
-        for name, low, high in (("length", 1.0, float("inf")), ("width", 0.05, float("inf")),
-                                ("angle", -90.0, 90.0), ("brightness", 0.0, 1.0)):
-            object.__setattr__(self, name, _as_range(getattr(self, name), name, low, high))
-        if self.angle_jitter < 0 or self.blur < 0:
-            raise ValueError("angle_jitter and blur must be >= 0")
+        _check_fields(self, {"density": (0.0, 1.0), "length": (1.0, float("inf")), "width": (0.05, float("inf")), "angle": (-90.0, 90.0),
+                             "brightness": (0.0, 1.0), "blur": (0.0, float("inf"))})
+        if self.angle_jitter < 0:
+            raise ValueError("angle_jitter must be >= 0")
         if int(self.directions) != self.directions or self.directions < 1:
             raise ValueError(f"directions must be a positive integer, got {self.directions}")
         object.__setattr__(self, "directions", int(self.directions))
 
     def scaled(self, factor: float) -> "StreakLayer":
         return dataclasses.replace(self, length=_scale(self.length, factor), width=_scale(self.width, factor),
-                                   blur=self.blur * factor)
+                                   blur=_scale(self.blur, factor))
+
+
+@dataclass(frozen=True)
+class NoiseStreaks:
+    """Noise-seeded streaks, the way most published benchmark rain was made: random noise thresholded to
+    sparse seeds, widened by a Gaussian, motion-blurred along an angle, then brightened (levels) so that
+    the brightest streaks reach ``brightness``. From sparse fine drizzle to dense bright heavy rain."""
+
+    density: Range = 0.02       # fraction of pixels that seed a streak, per image
+    length: Range = 30.0        # motion-blur length in pixels, per direction
+    width: Range = 0.6          # Gaussian sigma of a seed (streak thickness), per image
+    angle: Range = 0.0          # degrees from vertical, per image
+    angle_jitter: float = 0.0   # each direction differs from the image's angle by up to this much
+    directions: int = 1         # directions, each with its share of the seeds
+    brightness: Range = 0.6     # opacity of the brightest streaks (the 99.5th percentile), per image
+    gamma: Range = 1.0          # levels gamma (< 1: fuller, brighter streaks), per image
+    blur: Range = 0.0           # Gaussian blur sigma of the whole layer (defocus), per image
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"density": (0.0, 1.0), "length": (1.0, float("inf")), "width": (0.05, float("inf")),
+                             "angle": (-90.0, 90.0), "brightness": (0.0, 1.0), "gamma": (0.05, 20.0),
+                             "blur": (0.0, float("inf"))})
+        if self.angle_jitter < 0 or int(self.directions) != self.directions or self.directions < 1:
+            raise ValueError("angle_jitter must be >= 0 and directions a positive integer")
+        object.__setattr__(self, "directions", int(self.directions))
+
+    def scaled(self, factor: float) -> "NoiseStreaks":
+        return dataclasses.replace(self, length=_scale(self.length, factor), width=_scale(self.width, factor),
+                                   blur=_scale(self.blur, factor))
+
+
+@dataclass(frozen=True)
+class StreakImages:
+    """Photometrically rendered streaks (the Garg-Nayar database, as RainMix uses it): random crops of
+    streak images, scaled, rotated and brightened, ``count`` of them mixed into one layer.
+
+    ``root``: a folder of grey streak images on black; None means the ``JDNET_RAIN_STREAKS`` environment
+    variable, else ``../shared/data/rain_streaks/garg_nayar`` next to the repository.
+    """
+
+    root: str | None = None
+    count: Range = (1, 3)       # streak images mixed, per image (rounded)
+    scale: Range = (0.5, 1.5)   # zoom of the streak image (larger: longer, thicker streaks), per image
+    angle: Range = (-30, 30)    # rotation in degrees, per image
+    brightness: Range = (0.5, 1.0)  # gain on the streak image, per image
+    blur: Range = 0.0           # Gaussian blur sigma of the layer (defocus), per image
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"count": (1, 64), "scale": (0.05, 20.0), "angle": (-180.0, 180.0),
+                             "brightness": (0.0, 4.0), "blur": (0.0, float("inf"))})
+
+    def scaled(self, factor: float) -> "StreakImages":
+        return dataclasses.replace(self, scale=_scale(self.scale, factor), blur=_scale(self.blur, factor))
 
 
 @dataclass(frozen=True)
 class Haze:
-    """A veil of accumulated rain: ``I * t + A * (1 - t)`` with atmospheric light A and transmission t."""
+    """A veil of accumulated rain: ``I * t + A * (1 - t)`` with atmospheric light A and transmission t.
+
+    ``t`` varies smoothly over the image: a random low-frequency field (``variation``) and a depth-like
+    ramp (``depth``: the top of the frame, farther away, is veiled more: ``t = t0 ** (1 + depth * d)``
+    with ``d`` rising from 0 at the bottom to 1 at the top, tilted at random). ``A`` is grey, tinted per
+    channel by up to ``tint``; ``desaturate`` removes that share of the colour beneath the veil.
+    """
 
     atmospheric_light: Range = 0.85  # drawn per image
     transmission: Range = 0.8        # drawn per image
     variation: float = 0.0           # std of a smooth, low-frequency modulation of the transmission
+    depth: Range = 0.0               # strength of the depth-like ramp, per image
+    tint: float = 0.0                # per-channel spread of the atmospheric light
+    desaturate: Range = 0.0          # colour lost under the veil, per image
+    p: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "atmospheric_light",
-                           _as_range(self.atmospheric_light, "atmospheric_light", 0.0, 1.0))
-        object.__setattr__(self, "transmission", _as_range(self.transmission, "transmission", 0.0, 1.0))
-        if self.variation < 0:
-            raise ValueError("variation must be >= 0")
+        _check_fields(self, {"atmospheric_light": (0.0, 1.0), "transmission": (0.0, 1.0), "depth": (0.0, 10.0),
+                             "desaturate": (0.0, 1.0)})
+        if self.variation < 0 or self.tint < 0:
+            raise ValueError("variation and tint must be >= 0")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """What the camera adds after the rain: slight blur of the whole frame, sensor noise (Gaussian,
+    signal-dependent), JPEG compression. Blur and noise are applied to the clean target as well (the
+    derainer should remove rain, not the camera's noise); JPEG only to the rainy image."""
+
+    blur: Range = 0.0            # Gaussian sigma of the frame, per image
+    noise: Range = 0.0           # noise std at mid-grey, per image
+    jpeg: Range = 100.0          # JPEG quality (100: none), per image
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"blur": (0.0, 10.0), "noise": (0.0, 0.5), "jpeg": (1.0, 100.0)})
+
+    def scaled(self, factor: float) -> "Camera":
+        return dataclasses.replace(self, blur=_scale(self.blur, factor))
+
+
+BLENDS = ("screen", "add", "either")
+_COMPONENTS = {"layers": StreakLayer, "noise_layers": NoiseStreaks, "image_layers": StreakImages}
 
 
 @dataclass(frozen=True)
 class RainParams:
-    """Rain to add: streak layers (far to near), then an optional haze veil applied beneath them."""
+    """Rain to add, composed of layers: a haze veil beneath (accumulation), streak sources over it
+    (line-kernel ``layers``, ``noise_layers``, ``image_layers``; far to near, each present with its
+    probability ``p``), then the camera. ``blend``: streaks over the image by a screen blend
+    ``1 - (1 - I)(1 - R)``, by addition ``I + R`` (clipped; how benchmark rain was composited), or
+    either, drawn per image."""
 
     layers: tuple[StreakLayer, ...] = field(default_factory=lambda: (StreakLayer(density=0.004),))
     haze: Haze | None = None
+    noise_layers: tuple[NoiseStreaks, ...] = ()
+    image_layers: tuple[StreakImages, ...] = ()
+    camera: Camera | None = None
+    blend: str = "screen"
 
     def __post_init__(self) -> None:
-        layers = tuple(StreakLayer(**layer) if isinstance(layer, dict) else layer for layer in self.layers)
-        if not all(isinstance(layer, StreakLayer) for layer in layers):
-            raise TypeError("layers must be StreakLayer instances or dicts of their fields")
-        object.__setattr__(self, "layers", layers)
-        if isinstance(self.haze, dict):
-            object.__setattr__(self, "haze", Haze(**self.haze))
+        for name, cls in _COMPONENTS.items():
+            items = tuple(cls(**x) if isinstance(x, dict) else x for x in getattr(self, name))
+            if not all(isinstance(x, cls) for x in items):
+                raise TypeError(f"{name} must be {cls.__name__} instances or dicts of their fields")
+            object.__setattr__(self, name, items)
+        for name, cls in (("haze", Haze), ("camera", Camera)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RainParams":
-        unknown = set(d) - {"layers", "haze"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown rain parameter(s): {', '.join(sorted(unknown))}")
-        return cls(layers=tuple(d.get("layers", ())), haze=d.get("haze"))
+            raise ValueError(f"unknown rain parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**{**{"layers": ()}, **d})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,11 +220,60 @@ class RainParams:
         """The same rain for an image ``factor`` times larger (lengths, widths and blur scaled)."""
         if factor <= 0:
             raise ValueError(f"scale factor must be > 0, got {factor}")
-        return dataclasses.replace(self, layers=tuple(layer.scaled(factor) for layer in self.layers))
+        scaled = {name: tuple(x.scaled(factor) for x in getattr(self, name)) for name in _COMPONENTS}
+        camera = self.camera.scaled(factor) if self.camera is not None else None
+        return dataclasses.replace(self, camera=camera, **scaled)
+
+    def draw(self, generator: Any) -> "RainParams":
+        return self
 
 
-def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, RainParams]:
-    """Named :class:`RainParams` from a YAML file mapping name -> ``{layers: [...], haze: {...}}``."""
+@dataclass(frozen=True)
+class Mixture:
+    """A preset that is one of several named presets per image, chosen with the given weights."""
+
+    choices: tuple[str, ...]
+    weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise ValueError("a mixture needs at least one preset")
+        weights = tuple(float(w) for w in self.weights) or (1.0,) * len(self.choices)
+        if len(weights) != len(self.choices) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"mixture weights {self.weights!r} do not match its presets {self.choices!r}")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        object.__setattr__(self, "weights", weights)
+
+    def draw(self, generator: Any) -> RainParams:
+        """The preset for one image, drawn from ``generator`` (a ``torch.Generator``)."""
+        import torch
+
+        if len(set(self.weights)) == 1:  # uniform: the draw the "mixed" preset always made
+            i = int(torch.randint(len(self.choices), (1,), generator=generator, device=generator.device))
+        else:
+            w = torch.tensor(self.weights, dtype=torch.float64)
+            i = int(torch.multinomial(w, 1, generator=generator))
+        return resolve_preset(self.choices[i]).draw(generator)
+
+    def scaled(self, factor: float) -> "_ScaledMixture":
+        return _ScaledMixture(self, factor)
+
+
+@dataclass(frozen=True)
+class _ScaledMixture:
+    mixture: Mixture
+    factor: float
+
+    def draw(self, generator: Any) -> RainParams:
+        return self.mixture.draw(generator).scaled(self.factor)
+
+    def scaled(self, factor: float) -> "_ScaledMixture":
+        return _ScaledMixture(self.mixture, self.factor * factor)
+
+
+def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, "RainParams | Mixture"]:
+    """Named :class:`RainParams` from a YAML file mapping name -> ``{layers: [...], haze: {...}, ...}``,
+    or :class:`Mixture` for ``{mix: {preset: weight, ...}}``."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -128,23 +282,37 @@ def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, RainParams
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of preset names to rain parameters")
     try:
-        return {str(name): RainParams.from_dict(spec) for name, spec in data.items()}
+        return {str(name): _preset(spec) for name, spec in data.items()}
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
 
 
-PRESETS: dict[str, RainParams] = load_presets()
+def _preset(spec: Any) -> "RainParams | Mixture":
+    if not isinstance(spec, dict):
+        raise ValueError(f"a preset must be a mapping, got {spec!r}")
+    if "mix" in spec:
+        if set(spec) != {"mix"} or not isinstance(spec["mix"], dict):
+            raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}}}, got {spec!r}")
+        return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()))
+    return RainParams.from_dict(spec)
 
-# Not a RainParams of its own: each image gets one of these presets, chosen at random.
-MIXED = ("light", "heavy")
+
+PRESETS: dict[str, "RainParams | Mixture"] = load_presets()
 
 
-def resolve_preset(preset: "str | RainParams") -> "RainParams | tuple[str, ...]":
-    """A :class:`RainParams`, or for ``"mixed"`` the names to choose from per image."""
-    if isinstance(preset, RainParams):
+def list_rain_presets() -> list[str]:
+    """The names :func:`resolve_preset` accepts (``rain_presets.yaml``)."""
+    return sorted(PRESETS)
+
+
+def resolve_preset(preset: "str | RainParams | Mixture") -> "RainParams | Mixture":
+    """The :class:`RainParams` or :class:`Mixture` of a preset name (or the object itself); both have
+    ``draw(generator)`` giving the parameters of one image."""
+    if isinstance(preset, (RainParams, Mixture, _ScaledMixture)):
         return preset
-    if preset == "mixed":
-        return MIXED
     if preset not in PRESETS:
-        raise KeyError(f"unknown rain preset {preset!r}; known: {', '.join(sorted(PRESETS))}, mixed")
+        raise KeyError(f"unknown rain preset {preset!r}; known: {', '.join(list_rain_presets())}")
+    for name in getattr(PRESETS[preset], "choices", ()):
+        if name not in PRESETS:
+            raise KeyError(f"rain preset {preset!r} mixes {name!r}, which is not a preset")
     return PRESETS[preset]

@@ -103,7 +103,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _choice(cfg, "amp", ("auto", "none", "bf16", "fp16"))
     _choice(cfg, "channels_last", ("auto", True, False))
     _choice(cfg, "attention", ("fast", "reference"))
-    _choice(cfg, "synthetic_rain", (None, "light", "heavy", "mixed"))
+    from ..rain import list_rain_presets
+
+    _choice(cfg, "synthetic_rain", (None, *list_rain_presets()))
     _choice(cfg, "format", (None, "paired", "side-by-side", "clean"))
     if not isinstance(cfg["lr"], (int, float)) or cfg["lr"] <= 0:
         raise ConfigError(f"lr must be a positive number, got {cfg['lr']!r}")

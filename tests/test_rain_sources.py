@@ -1,0 +1,131 @@
+"""The composable rain generator: every preset, each source (noise-seeded, streak images, line kernels),
+accumulation, camera effects, mixtures and probabilities."""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jdnet_plugin.rain import (PRESETS, Camera, Haze, Mixture, NoiseStreaks, RainParams, StreakImages,
+                               StreakImagesNotFound, StreakLayer, add_rain, add_rain_pair, draw_params,
+                               list_rain_presets, make_generator, noise_streaks)
+from jdnet_plugin.rain.sources import STREAKS_ENV, image_streaks, streak_image_files
+
+
+def _scene(h: int = 96, w: int = 96, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")[0] * 0.5 + 0.1
+
+
+def _gradients(r: torch.Tensor) -> tuple[float, float]:
+    """Mean |d/dx| and |d/dy|: vertical streaks change across x, not along y."""
+    return float((r[:, 1:] - r[:, :-1]).abs().mean()), float((r[1:] - r[:-1]).abs().mean())
+
+
+@pytest.fixture()
+def streak_dir(tmp_path, monkeypatch):
+    """A folder of two grey streak images: thin vertical lines on black."""
+    img = np.zeros((80, 120), np.uint8)
+    img[:, ::7] = 200
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}-4.png"), np.roll(img, 3 * i, axis=1))
+    monkeypatch.setenv(STREAKS_ENV, str(tmp_path))
+    streak_image_files.cache_clear()
+    yield tmp_path
+    streak_image_files.cache_clear()
+
+
+@pytest.mark.parametrize("preset", list_rain_presets())
+def test_every_preset_rains_deterministically_in_range(preset, streak_dir):
+    x = _scene()
+    outs = [add_rain(x, preset, seed=s) for s in range(4)]
+    assert all(o.shape == x.shape and o.min() >= 0 and o.max() <= 1 for o in outs)
+    assert torch.equal(outs[0], add_rain(x, preset, seed=0))
+    assert sum(not torch.equal(o, x) for o in outs) >= 3  # a component may be absent now and then
+    rainy, target = add_rain_pair(x, preset, seed=0)
+    assert torch.equal(rainy, outs[0]) and target.shape == x.shape
+
+
+def test_noise_streaks_follow_angle_density_and_brightness():
+    def layer(**kw):
+        return noise_streaks(128, 128, NoiseStreaks(**{"density": 0.02, "length": 30, "width": 0.5, **kw}),
+                             make_generator(0))
+    vertical, horizontal = layer(angle=0), layer(angle=90)
+    gx, gy = _gradients(vertical)
+    assert gx > 3 * gy
+    hx, hy = _gradients(horizontal)
+    assert hy > 3 * hx
+    # Levels: the brightest streaks reach `brightness`; denser seeds cover more of the image.
+    assert float(layer(brightness=0.6).max()) == pytest.approx(0.6, abs=1e-5)
+    assert (layer(density=0.05) > 0.05).float().mean() > (layer(density=0.005) > 0.05).float().mean()
+    assert layer(density=0.0).abs().max() == 0
+
+
+def test_streak_images_crop_rotate_and_fail_clearly(streak_dir, tmp_path_factory):
+    params = StreakImages(count=1, scale=1.0, brightness=1.0)
+    upright = image_streaks(64, 64, dataclasses.replace(params, angle=0), make_generator(1))
+    turned = image_streaks(64, 64, dataclasses.replace(params, angle=90), make_generator(1))
+    assert upright.max() > 0.3 and upright.shape == (64, 64)
+    ux, uy = _gradients(upright)
+    tx, ty = _gradients(turned)
+    assert ux > 5 * uy and ty > 5 * tx
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(StreakImagesNotFound, match=str(empty)):
+        image_streaks(8, 8, StreakImages(root=str(empty)), make_generator(0))
+    with pytest.raises(StreakImagesNotFound, match="nowhere"):
+        add_rain(_scene(), RainParams(layers=(), image_layers=(StreakImages(root="/nowhere"),)), seed=0)
+
+
+def test_veil_is_deeper_towards_the_top():
+    params = RainParams(layers=(), haze=Haze(atmospheric_light=0.9, transmission=0.7, depth=2.0))
+    y = add_rain(torch.zeros(3, 64, 64), params, seed=0)
+    assert y[:, :8].mean() > y[:, -8:].mean() + 0.1  # far (top) is veiled more
+    flat = add_rain(torch.zeros(3, 64, 64), dataclasses.replace(params, haze=Haze(0.9, 0.7)), seed=0)
+    assert torch.allclose(flat, torch.full_like(flat, 0.27))
+    grey = add_rain(_scene(), RainParams(layers=(), haze=Haze(0.5, 0.5, desaturate=1.0)), seed=0)
+    colour = add_rain(_scene(), RainParams(layers=(), haze=Haze(0.5, 0.5)), seed=0)
+    assert grey.std(0).mean() < 0.6 * colour.std(0).mean()  # colour lost beneath the veil
+
+
+def test_camera_noise_on_both_jpeg_on_rainy_only():
+    x = _scene()
+    noisy = RainParams(layers=(), camera=Camera(noise=0.05))
+    rainy, target = add_rain_pair(x, noisy, seed=0)
+    assert torch.equal(rainy, target) and (rainy - x).abs().mean() > 0.01  # the same noise on both
+    jpeg = RainParams(layers=(), camera=Camera(jpeg=20))
+    rainy, target = add_rain_pair(x, jpeg, seed=0)
+    assert torch.equal(target, x) and not torch.equal(rainy, x)
+    blurred = RainParams(layers=(), camera=Camera(blur=1.5))
+    rainy, target = add_rain_pair(x, blurred, seed=0)
+    assert torch.equal(rainy, target) and not torch.equal(target, x)
+
+
+def test_probability_blend_and_mixture_weights():
+    x = _scene()
+    absent = RainParams(layers=(StreakLayer(density=0.01, p=0.0),), noise_layers=(NoiseStreaks(p=0.0),))
+    assert torch.equal(add_rain(x, absent, seed=0), x)
+    layer = NoiseStreaks(density=0.02, brightness=0.5)
+    added = add_rain(x, RainParams(layers=(), noise_layers=(layer,), blend="add"), seed=0)
+    screened = add_rain(x, RainParams(layers=(), noise_layers=(layer,), blend="screen"), seed=0)
+    assert (added - x).sum() > (screened - x).sum() > 0  # a screen blend brightens less
+    only_heavy = Mixture(("light", "heavy"), (0.0, 1.0))
+    g = make_generator(0)
+    assert all(only_heavy.draw(g) is PRESETS["heavy"] for _ in range(10))
+    assert draw_params("heavy", g, 2.0).layers[0].length == PRESETS["heavy"].scaled(2.0).layers[0].length
+    with pytest.raises(ValueError, match="weights"):
+        Mixture(("light",), (1.0, 2.0))
+    with pytest.raises(ValueError, match="p must"):
+        NoiseStreaks(p=1.5)
+    with pytest.raises(ValueError, match="blend"):
+        RainParams(blend="multiply")
+
+
+def test_broad_covers_all_sources(streak_dir):
+    g = make_generator(0)
+    drawn = [PRESETS["broad"].draw(g) for _ in range(200)]
+    assert any(p.noise_layers for p in drawn) and any(p.image_layers for p in drawn)
+    assert any(p.camera for p in drawn) and any(p.haze for p in drawn) and any(p.layers for p in drawn)
