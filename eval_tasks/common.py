@@ -29,12 +29,14 @@ from jdnet_plugin.registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
-           "resolve_weights_file", "load_derainer", "rain_fn", "derain_fn", "cached_copy",
+           "resolve_weights_file", "load_derainer", "rain_fn", "transplant_fn", "transplant_layer", "rain_layers",
+           "rain_id", "rain_label", "TRANSPLANT", "derain_fn", "cached_copy",
            "map_image_tree", "recovered_fraction", "write_report", "finish_report", "markdown_table", "plot_metrics",
            "to_jsonable"]
 
 COPIES = ("clean", "rainy", "derained")
 MARKER = ".complete.json"
+TRANSPLANT = "transplant:"  # rain spec prefix: benchmark rain of a paired folder put on the images
 JPEG_QUALITY = 95  # derived copies keep the source's file names and formats; JPEG quality as jdnet_plugin.synth
 
 ImageFn = Callable[[np.ndarray, str], np.ndarray]
@@ -65,7 +67,8 @@ def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> N
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="deraining checkpoint or registered weights name (default: %(default)s)")
     p.add_argument("--rain", required=rain_required,
-                   help="rain preset of the rainy copy: light, heavy, mixed or another name in rain_presets.yaml")
+                   help="rain of the rainy copy: light, heavy, mixed or another name in rain_presets.yaml, or "
+                        "transplant:DIR (the rain layers of the paired benchmark folder DIR)")
     p.add_argument("--rain-scale", default="1",
                    help="streak size factor, or 'auto' = shorter image side / 320, as jdnet_plugin.synth --scale")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.json, report.md, plot)")
@@ -126,11 +129,19 @@ def load_derainer(weights: str | os.PathLike, device: torch.device) -> tuple[tor
 
 def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
     """``fn(rgb, relative name)`` adding the rain ``python -m jdnet_plugin.synth SRC --preset P --seed N --scale S``
-    adds to that file of SRC: the same per-file seed, preset choice and streak scale."""
+    adds to that file of SRC: the same per-file seed, preset choice and streak scale.
+
+    ``preset`` ``transplant:DIR`` puts the rain of the paired benchmark folder DIR on the image instead
+    (:func:`transplant_fn`)."""
     from jdnet_plugin.cli.synth import file_seed
-    from jdnet_plugin.rain import PRESETS, add_rain, make_generator
+    from jdnet_plugin.rain import add_rain, draw_params, make_generator
     from jdnet_plugin.rain.params import resolve_preset
 
+    if str(preset).startswith(TRANSPLANT):
+        if str(scale) not in ("1", "1.0"):
+            raise EvalError(f"--rain-scale {scale} does not apply to transplanted rain ({preset}): the benchmark's "
+                            "rain layer is scaled only as much as it takes to cover the image")
+        return transplant_fn(str(preset)[len(TRANSPLANT):], seed)
     try:
         choice = resolve_preset(preset)
     except KeyError as e:
@@ -145,13 +156,101 @@ def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
 
     def fn(rgb: np.ndarray, key: str) -> np.ndarray:
         g = make_generator(file_seed(seed, key))
-        params = choice
-        if isinstance(choice, tuple):
-            params = PRESETS[choice[int(torch.randint(len(choice), (1,), generator=g))]]
         factor = min(rgb.shape[:2]) / 320.0 if scale == "auto" else scale
-        return add_rain(rgb, params.scaled(factor) if factor != 1.0 else params, generator=g)
+        return add_rain(rgb, draw_params(choice, g, factor), generator=g)
 
     return fn
+
+
+def _benchmark_pairs(folder: str | os.PathLike):
+    """The paired dataset of a benchmark folder (rainy + clean); EvalError naming the folder if it is not one."""
+    from jdnet_plugin.data import make_dataset
+
+    path = Path(folder)
+    if not str(folder) or not path.exists():
+        raise EvalError(f"transplanted rain: benchmark folder {str(folder)!r} does not exist")
+    try:
+        ds = make_dataset(path, require_pairs=True)
+    except DatasetError as e:
+        raise EvalError(f"transplanted rain: {path} is not a paired rainy/clean benchmark folder ({e})") from None
+    if len(ds) == 0 or "clean" not in ds[0]:
+        raise EvalError(f"transplanted rain: {path} has no rainy/clean pairs")
+    return ds
+
+
+def _to_uint8(t: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` float in [0, 1] (a dataset item, exactly k/255) back to its 8-bit ``(H, W, 3)`` pixels."""
+    return (t.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def rain_layers(folder: str | os.PathLike) -> list[np.ndarray]:
+    """The rain layer ``clip(rainy - clean, 0, 255)`` (uint8) of every pair of a benchmark folder."""
+    ds = _benchmark_pairs(folder)
+    if hasattr(ds, "pairs"):  # rainy/clean files (PairedImageDataset): read them as they are
+        pairs = (tuple(read_rgb(f) for f in pair) for pair in ds.pairs)
+    else:  # other paired layouts (side by side): the dataset's items, back to their 8-bit pixels
+        pairs = ((_to_uint8(item["rain"]), _to_uint8(item["clean"])) for item in (ds[i] for i in range(len(ds))))
+    layers = []
+    for rain, clean in pairs:
+        if rain.shape != clean.shape:
+            raise EvalError(f"transplanted rain: a pair in {folder} has rainy {rain.shape} and clean {clean.shape}")
+        layers.append(np.clip(rain.astype(np.int16) - clean.astype(np.int16), 0, 255).astype(np.uint8))
+    return layers
+
+
+def transplant_layer(rgb: np.ndarray, layer: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clip(rgb + window of layer)``: the layer scaled (one factor for both axes, INTER_LINEAR) just enough
+    to cover the image when it is smaller, and a random window of the image's size cut from it."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    lh, lw = layer.shape[:2]
+    factor = max(h / lh, w / lw)
+    if factor > 1.0:
+        size = (max(w, math.ceil(lw * factor - 1e-6)), max(h, math.ceil(lh * factor - 1e-6)))
+        layer = cv2.resize(layer, size, interpolation=cv2.INTER_LINEAR)
+        lh, lw = layer.shape[:2]
+    y = int(rng.integers(0, lh - h + 1))
+    x = int(rng.integers(0, lw - w + 1))
+    window = layer[y:y + h, x:x + w]
+    if rgb.ndim == 2:
+        window = window.mean(axis=2).round().astype(np.uint8) if window.ndim == 3 else window
+    return np.clip(rgb.astype(np.int16) + window.astype(np.int16), 0, 255).astype(np.uint8)
+
+
+def transplant_fn(folder: str | os.PathLike, seed: int) -> ImageFn:
+    """``fn(rgb, relative name)``: the rain of one pair of the benchmark ``folder`` on the image, pair and window
+    chosen by the per-file seed (as :func:`rain_fn`). The folder is checked now; its layers load on first use."""
+    from jdnet_plugin.cli.synth import file_seed
+
+    _benchmark_pairs(folder)  # a bad folder fails before any work
+    cache: list[list[np.ndarray]] = []
+
+    def fn(rgb: np.ndarray, key: str) -> np.ndarray:
+        if not cache:
+            cache.append(rain_layers(folder))
+        layers = cache[0]
+        rng = np.random.default_rng(file_seed(seed, key))
+        return transplant_layer(rgb, layers[int(rng.integers(len(layers)))], rng)
+
+    return fn
+
+
+def rain_id(spec: str) -> dict[str, Any]:
+    """What identifies a rain spec's pixels in a cache key: the spec, and for transplanted rain the benchmark
+    folder's absolute path and fingerprint (its files' names, sizes and times)."""
+    if not str(spec).startswith(TRANSPLANT):
+        return {"rain": spec}
+    folder = Path(str(spec)[len(TRANSPLANT):])
+    files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
+    return {"rain": spec, "rain_dir": str(folder.resolve()), "rain_fingerprint": files_fingerprint(files, folder)}
+
+
+def rain_label(spec: str) -> str:
+    """A file-name-safe short name of a rain spec (``transplant:../x/rain100L_test`` -> ``transplant-rain100L_test``)."""
+    if str(spec).startswith(TRANSPLANT):
+        spec = "transplant-" + (Path(str(spec)[len(TRANSPLANT):]).resolve().name or "root")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(spec))
 
 
 def derain_fn(model: torch.nn.Module, tile: int | None = None) -> ImageFn:

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
-                               recovered_fraction, sha256_file, to_jsonable)
+                               rain_id, rain_label, recovered_fraction, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.utils.atomic import atomic_write_text
 
-__all__ = ["YoloDataset", "read_yolo_dataset", "build_detection_copies", "val_metrics", "evaluate_dataset",
+__all__ = ["YoloDataset", "read_yolo_dataset", "limit_dataset", "build_detection_copies", "val_metrics",
+           "detect_dataset", "evaluate_dataset",
            "evaluate_footage", "detections_map", "build_parser", "main"]
 
 METRICS = ("map50", "map50_95")
@@ -173,13 +174,14 @@ def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, d
     stem = ds.yaml_path.stem
     out = {"clean": cached_copy(cache, f"{stem}-clean", {"task": "detect", **source},
                                 _copy_builder(ds, None, ds.root, "clean copy"))}
-    rain_key = {"task": "detect", **source, "rain": rain, "seed": seed, "scale": str(rain_scale)}
-    rainy = cached_copy(cache, f"{stem}-rainy-{rain}-s{seed}", rain_key,
-                        _copy_builder(ds, rain_fn(rain, seed, rain_scale), ds.root, f"rain ({rain})"))
+    rain_key = {"task": "detect", **source, **rain_id(rain), "seed": seed, "scale": str(rain_scale)}
+    label = rain_label(rain)
+    rainy = cached_copy(cache, f"{stem}-rainy-{label}-s{seed}", rain_key,
+                        _copy_builder(ds, rain_fn(rain, seed, rain_scale), ds.root, f"rain ({label})"))
     out["rainy"] = rainy
     if derainer is not None:
         derain_key = {**rain_key, "weights": weights_sha, "tile": tile}
-        out["derained"] = cached_copy(cache, f"{stem}-derained-{rain}-s{seed}", derain_key,
+        out["derained"] = cached_copy(cache, f"{stem}-derained-{label}-s{seed}", derain_key,
                                       _copy_builder(ds, derain_fn(derainer, tile), rainy[0], "derain"))
         if derain_clean:
             out["clean_derained"] = cached_copy(
@@ -220,50 +222,90 @@ def _model_names(yolo) -> dict[int, str] | None:
     return dict(names) if names else None
 
 
-def evaluate_dataset(args: argparse.Namespace) -> int:
-    out: Path = args.out.absolute()
-    cache = (args.cache or out / "cache").absolute()
-    device = pick_device(args.device)
-    _check_model_file(args.model)
-    ds = read_yolo_dataset(args.data)
-    rain_fn(args.rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
-    derainer, wsha = load_derainer(args.weights, device)
-    yolo = _load_detector(args.model)
+def limit_dataset(ds: YoloDataset, limit: int | None) -> YoloDataset:
+    """The first ``limit`` images of ``ds`` (with their labels); ``ds`` itself when ``limit`` is None or 0."""
+    if not limit or limit >= len(ds.images):
+        return ds
+    if limit < 0:
+        raise EvalError(f"image limit must be positive, got {limit}")
+    from ultralytics.data.utils import img2label_paths
+
+    images = ds.images[:limit]
+    wanted = {Path(p) for p in img2label_paths([str(f) for f in images])}
+    labels = [lab for lab in ds.labels if lab in wanted]
+    if not labels:
+        raise EvalError(f"{ds.yaml_path}: none of the first {limit} images has a label file")
+    kept = set(images)
+    lists = {rel: [f for f in listed if f in kept] for rel, listed in ds.list_files.items()}
+    return replace(ds, images=images, labels=labels, list_files=lists)
+
+
+def _check_class_count(yolo, ds: YoloDataset, model: str, data: str | os.PathLike) -> None:
     model_names = _model_names(yolo)
     if model_names is not None and len(model_names) != len(ds.names):
-        raise EvalError(f"class-count mismatch: detector {args.model} has {len(model_names)} classes, "
-                        f"{args.data} names {len(ds.names)}")
-    copies = build_detection_copies(ds, cache, args.rain, args.seed, derainer, wsha, args.tile, args.derain_clean,
-                                    args.rain_scale)
-    model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
-    results, reused = {}, {}
-    for copy, (folder, was_cached) in copies.items():
-        key = {"copy": folder.name, "model": model_id, "imgsz": args.imgsz, "batch": args.batch,
-               "device": str(args.device)}
+        raise EvalError(f"class-count mismatch: detector {model} has {len(model_names)} classes, "
+                        f"{data} names {len(ds.names)}")
+
+
+def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cache: Path, out: Path, model: str,
+                imgsz: int, batch: int, device: str | None, workers: int) -> dict[str, dict[str, Any]]:
+    """``{copy: val_metrics}``, each cached in ``cache`` by (copy folder, model, imgsz, batch, device)."""
+    model_id = sha256_file(model) if Path(model).is_file() else str(model)
+    results = {}
+    for copy, (folder, _) in copies.items():
+        key = {"copy": folder.name, "model": model_id, "imgsz": imgsz, "batch": batch, "device": str(device)}
         mfile = cache / f"metrics-{copy}-{digest(key, 12)}.json"
         if mfile.is_file():
             results[copy] = json.loads(mfile.read_text())
         else:
-            results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, args.imgsz,
-                                        args.batch, args.device, args.workers)
+            results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, imgsz, batch,
+                                        device, workers)
             atomic_write_text(mfile, json.dumps(results[copy]))
-        reused[copy] = was_cached
+    return results
+
+
+def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLike, rain: str, out: Path, *,
+                   cache: Path | None = None, seed: int = 0, rain_scale: str = "1", device: str | None = None,
+                   tile: int | None = None, imgsz: int = 640, batch: int = 1, workers: int = 0,
+                   derain_clean: bool = False, limit: int | None = None) -> dict[str, Any]:
+    """Detection mAP of the clean, rainy and derained copies of the dataset YAML ``data`` (its first ``limit``
+    images), with the recovered fraction; writes report.json, report.md and plot.png to ``out`` and returns
+    the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`)."""
+    out = Path(out).absolute()
+    cache = Path(cache or out / "cache").absolute()
+    model = str(model)
+    _check_model_file(model)
+    ds = limit_dataset(read_yolo_dataset(data), limit)
+    rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
+    derainer, wsha = load_derainer(weights, pick_device(device))
+    yolo = _load_detector(model)
+    _check_class_count(yolo, ds, model, data)
+    copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale)
+    results = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers)
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     report = {
         **{c: {m: results[c][m] for m in METRICS} for c in results},
         "recovered_fraction": fraction,
         "notes": notes,
         "per_class": {c: results[c]["per_class"] for c in results},
-        "config": {"mode": "dataset", "data": str(Path(args.data).resolve()), "model": str(args.model),
-                   "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain,
-                   "rain_scale": args.rain_scale,
-                   "seed": args.seed, "imgsz": args.imgsz, "batch": args.batch, "images": len(ds.images),
+        "config": {"mode": "dataset", "data": str(Path(data).resolve()), "model": model,
+                   "weights": str(weights), "weights_sha256": wsha, "rain": rain, "rain_scale": rain_scale,
+                   "seed": seed, "imgsz": imgsz, "batch": batch, "images": len(ds.images), "limit": limit,
                    "metrics": "Ultralytics DetectionValidator (YOLO.val)"},
         "copies": {c: str(folder) for c, (folder, _) in copies.items()},
-        "copies_reused": reused,
+        "copies_reused": {c: was_cached for c, (_, was_cached) in copies.items()},
     }
     finish_report(out, report, "Detection", METRICS, "map50_95",
                   {c: {k: v["map50_95"] for k, v in results[c]["per_class"].items()} for c in results})
+    return report
+
+
+def evaluate_dataset(args: argparse.Namespace) -> int:
+    """The CLI's dataset mode: :func:`detect_dataset` with the parsed arguments."""
+    detect_dataset(args.data, args.model, args.weights, args.rain, args.out, cache=args.cache, seed=args.seed,
+                   rain_scale=args.rain_scale, device=args.device, tile=args.tile, imgsz=args.imgsz,
+                   batch=args.batch, workers=args.workers, derain_clean=args.derain_clean,
+                   limit=args.max_images)
     return 0
 
 
@@ -380,6 +422,7 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
 
         source_id["fingerprint"] = files_fingerprint(list_images(src), src)
     key = {"task": "footage", **source_id, "max_frames": args.max_frames, "add_rain": args.add_rain,
+           **({"add_rain_id": rain_id(args.add_rain)} if str(args.add_rain).startswith(TRANSPLANT) else {}),
            "seed": args.seed, "scale": str(args.rain_scale), "weights": wsha, "tile": args.tile}
     cacheable = src.exists()
     if args.add_rain:
@@ -524,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-rain", metavar="PRESET",
                    help="footage mode: the footage is clean; add rain and use the clean detections as reference")
     p.add_argument("--max-frames", type=int, default=None, help="footage mode: first N frames only")
+    p.add_argument("--max-images", type=int, default=None, help="dataset mode: first N images only")
     p.add_argument("--conf", type=float, default=0.25,
                    help="footage mode: confidence threshold for counts, drawn boxes and reference objects")
     p.add_argument("--imgsz", type=int, default=640)
@@ -537,12 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     if args.data is not None:
         if not args.rain:
-            raise EvalError("dataset mode needs --rain light|heavy")
+            raise EvalError("dataset mode needs --rain light|heavy|transplant:DIR")
         if args.add_rain or args.max_frames:
             raise EvalError("--add-rain and --max-frames are footage-mode options (--source); use --rain with --data")
         return evaluate_dataset(args)
-    if args.rain:
-        raise EvalError("--rain is a dataset-mode option (--data); footage mode adds rain with --add-rain")
+    if args.rain or args.max_images:
+        raise EvalError("--rain and --max-images are dataset-mode options (--data); footage mode adds rain with "
+                        "--add-rain and limits frames with --max-frames")
     if args.add_rain:
         rain_fn(args.add_rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
     return evaluate_footage(args)

@@ -25,7 +25,8 @@ from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, l
                                pick_device, resolve_weights_file, sha256_file, to_jsonable, write_report)
 from jdnet_plugin.utils.atomic import atomic_write_text
 
-__all__ = ["COLUMNS", "measure", "evaluate_restoration", "build_parser", "main"]
+__all__ = ["COLUMNS", "INPUT", "measure", "dataset_names", "restoration_results", "evaluate_restoration",
+           "build_parser", "main"]
 
 COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 INPUT = "input"
@@ -112,51 +113,75 @@ def _plot(path: Path, table: dict[str, dict[str, dict[str, float]]]) -> None:
     plt.close(fig)
 
 
-def evaluate_restoration(args: argparse.Namespace) -> int:
-    out: Path = args.out.absolute()
-    cache = (args.cache or out / "cache").absolute()
-    device = pick_device(args.device)
-    weights_files = [resolve_weights_file(w) for w in args.weights]  # fail before any work
-    labels = _labels(args.weights)
-    datasets = [(Path(d), _dataset(Path(d))) for d in args.data]
-    names = []
-    for d, _ in datasets:
+def dataset_names(paths: Sequence[Path]) -> list[str]:
+    """A distinct name per dataset folder: its name, ``-2``, ``-3`` ... where two share one."""
+    names: list[str] = []
+    for d in paths:
         name, k = d.resolve().name, 2
         while name in names:
             name, k = f"{d.resolve().name}-{k}", k + 1
         names.append(name)
+    return names
+
+
+def _dataset_values(path: Path, ds, name: str, method: tuple, cache: Path, device: torch.device,
+                    tile: int | None, max_images: int | None) -> dict[str, dict[str, float]]:
+    """Per-image values of one (dataset, method), cached by the dataset's files, the weights, tile and limit."""
+    label, wfile, wsha = method
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    source = {"data": str(path.resolve()), "fingerprint": files_fingerprint(files, path), "limit": max_images}
+    cfile = cache / f"restore-{name}-{label}-{digest({**source, 'weights': wsha, 'tile': tile}, 12)}.json"
+    if cfile.is_file():
+        values = json.loads(cfile.read_text())
+    else:
+        model = None if wfile is None else load_derainer(wfile, device)[0]
+        values = _per_image(ds, model, device, tile, f"{name}: {label}", max_images)
+        atomic_write_text(cfile, json.dumps(to_jsonable(values)))
+    return {k: {c: float(v) for c, v in d.items()} for k, d in values.items()}
+
+
+def restoration_results(data: Sequence[str | Path], weights: Sequence[str | Path], cache: Path, *,
+                        device: str | None = None, tile: int | None = None, max_images: int | None = None,
+                        names: Sequence[str] | None = None) -> dict:
+    """PSNR / SSIM (Y and RGB) of the rainy input and of each weights on each paired dataset (its first
+    ``max_images`` pairs): ``{"datasets": {name: {method: {column: mean}}}, "images": {name: count},
+    "weights": {label: {"path", "sha256"}}, "per_image": {name: {method: {image: {column: value}}}}}``.
+    Methods are ``"input"`` and a label per weights (file stem or registered name)."""
+    cache = Path(cache).absolute()
+    torch_device = pick_device(device)
+    weights_files = [resolve_weights_file(w) for w in weights]  # fail before any work
+    datasets = [(Path(d), _dataset(Path(d))) for d in data]
+    names = list(names) if names is not None else dataset_names([d for d, _ in datasets])
+    methods = [(INPUT, None, None)] + [(lab, f, sha256_file(f)) for lab, f in zip(_labels(weights), weights_files)]
     table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
     per_image: dict[str, dict[str, dict]] = {n: {} for n in names}
     counts = {}
-    methods = [(INPUT, None, None)] + [(lab, f, sha256_file(f)) for lab, f in zip(labels, weights_files)]
     for (path, ds), name in zip(datasets, names):
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        source = {"data": str(path.resolve()), "fingerprint": files_fingerprint(files, path), "limit": args.max_images}
-        for label, wfile, wsha in methods:
-            cfile = cache / f"restore-{name}-{label}-{digest({**source, 'weights': wsha, 'tile': args.tile}, 12)}.json"
-            if cfile.is_file():
-                values = json.loads(cfile.read_text())
-            else:
-                model = None if wfile is None else load_derainer(wfile, device)[0]
-                values = _per_image(ds, model, device, args.tile, f"{name}: {label}", args.max_images)
-                atomic_write_text(cfile, json.dumps(to_jsonable(values)))
-            values = {k: {c: float(v) for c, v in d.items()} for k, d in values.items()}
-            table[name][label] = _mean(values)
-            per_image[name][label] = values
+        for method in methods:
+            values = _dataset_values(path, ds, name, method, cache, torch_device, tile, max_images)
+            table[name][method[0]] = _mean(values)
+            per_image[name][method[0]] = values
             counts[name] = len(values)
-    rows = [[n, m, *(table[n][m][c] for c in COLUMNS)] for n in names for m in table[n]]
+    return {"datasets": table, "images": counts,
+            "weights": {lab: {"path": str(f), "sha256": s} for lab, f, s in methods[1:]}, "per_image": per_image}
+
+
+CONVENTIONS = {"y": "BT.601 Y, 8-bit, MATLAB-style PSNR/SSIM (published tables)",
+               "rgb": "RGB in [0, 1], Gaussian-window SSIM with zero padding (JDNet authors)"}
+
+
+def evaluate_restoration(args: argparse.Namespace) -> int:
+    out: Path = args.out.absolute()
+    res = restoration_results(args.data, args.weights, args.cache or out / "cache", device=args.device,
+                              tile=args.tile, max_images=args.max_images)
+    table, counts = res["datasets"], res["images"]
+    rows = [[n, m, *(table[n][m][c] for c in COLUMNS)] for n in table for m in table[n]]
     md_table = markdown_table(["dataset", "method", "PSNR-Y", "SSIM-Y", "PSNR-RGB", "SSIM-RGB"], rows)
-    report = {
-        "datasets": table,
-        "images": counts,
-        "weights": {lab: {"path": str(f), "sha256": s} for lab, f, s in methods[1:]},
-        "conventions": {"y": "BT.601 Y, 8-bit, MATLAB-style PSNR/SSIM (published tables)",
-                        "rgb": "RGB in [0, 1], Gaussian-window SSIM with zero padding (JDNet authors)"},
-        "per_image": per_image,
-    }
+    report = {"datasets": table, "images": counts, "weights": res["weights"], "conventions": CONVENTIONS,
+              "per_image": res["per_image"]}
     md = ["# Restoration: PSNR / SSIM", "", md_table, "",
           "Y: BT.601 luma, 8-bit, as the published tables; RGB: as the JDNet authors. 'input' is the rainy "
-          "image itself.", "", "Images: " + ", ".join(f"{n} {counts[n]}" for n in names)]
+          "image itself.", "", "Images: " + ", ".join(f"{n} {counts[n]}" for n in table)]
     write_report(out, report, "\n".join(md))
     _plot(out / "plot.png", table)
     print(md_table)

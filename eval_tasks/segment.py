@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
-                               recovered_fraction, sha256_file)
+                               rain_id, rain_label, recovered_fraction, sha256_file)
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["load_segmenter", "Segmenter", "read_class_map", "pair_masks", "confusion_matrix", "iou_from_confusion",
-           "evaluate_segmentation", "build_parser", "main"]
+           "segment_dataset", "evaluate_segmentation", "build_parser", "main"]
 
 METRICS = ("miou",)
 
@@ -264,67 +264,94 @@ def _evaluate_copy(seg: Segmenter, images: list[Path], masks: list[Path], num_cl
     return cm
 
 
-def evaluate_segmentation(args: argparse.Namespace) -> int:
-    out: Path = args.out.absolute()
-    cache = (args.cache or out / "cache").absolute()
-    device = pick_device(args.device)
-    if args.num_classes < 1:
-        raise EvalError(f"--num-classes must be >= 1, got {args.num_classes}")
-    images, masks, missing = pair_masks(Path(args.images), Path(args.masks))
-    rain_fn(args.rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
-    lut, map_names = read_class_map(args.class_map) if args.class_map else (None, None)
+def _class_setup(class_map: str | None, class_names: str | None, num_classes: int, ignore_index: int | None
+                 ) -> tuple[torch.Tensor | None, list[str]]:
+    """``(lut or None, a name for each dataset class)``; a class map that contradicts ``num_classes`` fails."""
+    if num_classes < 1:
+        raise EvalError(f"--num-classes must be >= 1, got {num_classes}")
+    lut, map_names = read_class_map(class_map) if class_map else (None, None)
     if lut is not None:  # the map alone can already contradict --num-classes
-        bad = [int(v) for v in lut if not (0 <= v < args.num_classes or v == args.ignore_index)]
+        bad = [int(v) for v in lut if not (0 <= v < num_classes or v == ignore_index)]
         if bad:
-            raise EvalError(f"class-count mismatch: class map {args.class_map} maps to {sorted(set(bad))}, outside "
-                            f"0..{args.num_classes - 1} (--num-classes {args.num_classes}) and not the ignore index "
-                            f"{args.ignore_index}")
-    names = (read_class_names(args.class_names) if args.class_names else map_names) or []
-    names = [names[i] if i < len(names) else str(i) for i in range(args.num_classes)]
-    model = load_segmenter(args.model, device)
-    seg = Segmenter(model).to(device)
-    derainer, wsha = load_derainer(args.weights, device)
+            raise EvalError(f"class-count mismatch: class map {class_map} maps to {sorted(set(bad))}, outside "
+                            f"0..{num_classes - 1} (--num-classes {num_classes}) and not the ignore index "
+                            f"{ignore_index}")
+    names = (read_class_names(class_names) if class_names else map_names) or []
+    return lut, [names[i] if i < len(names) else str(i) for i in range(num_classes)]
 
-    def check(channels: int) -> None:
-        _check_classes(channels, args.num_classes, lut, args.ignore_index, args.model, args.class_map)
 
-    root = Path(args.images).absolute()
-    source = {"images": str(root.resolve()), "fingerprint": files_fingerprint(images, root)}
-    rain_key = {"task": "segment", **source, "rain": args.rain, "seed": args.seed, "scale": str(args.rain_scale)}
+def _segment_copies(images: list[Path], root: Path, source: dict, cache: Path, rain: str, seed: int,
+                    rain_scale: str, derainer: nn.Module, wsha: str, tile: int | None, derain_clean: bool
+                    ) -> dict[str, tuple[Path, bool]]:
+    """``{copy: (folder, reused)}``: clean (the source folder), rainy, derained (and clean_derained)."""
+    label = rain_label(rain)
+    rain_key = {"task": "segment", **source, **rain_id(rain), "seed": seed, "scale": str(rain_scale)}
     rainy, rainy_reused = cached_copy(
-        cache, f"{root.name}-rainy-{args.rain}-s{args.seed}", rain_key,
-        lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(args.rain, args.seed, args.rain_scale),
-                                          f"rain ({args.rain})"))
-    derained, derained_reused = cached_copy(
-        cache, f"{root.name}-derained-{args.rain}-s{args.seed}", {**rain_key, "weights": wsha, "tile": args.tile},
+        cache, f"{root.name}-rainy-{label}-s{seed}", rain_key,
+        lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(rain, seed, rain_scale), f"rain ({label})"))
+    derained = cached_copy(
+        cache, f"{root.name}-derained-{label}-s{seed}", {**rain_key, "weights": wsha, "tile": tile},
         lambda tmp, final: map_image_tree([rainy / f.relative_to(root) for f in images], rainy, tmp,
-                                          derain_fn(derainer, args.tile), "derain"))
-    copies = {"clean": (root, True), "rainy": (rainy, rainy_reused), "derained": (derained, derained_reused)}
-    if args.derain_clean:
+                                          derain_fn(derainer, tile), "derain"))
+    copies = {"clean": (root, True), "rainy": (rainy, rainy_reused), "derained": derained}
+    if derain_clean:
         copies["clean_derained"] = cached_copy(
-            cache, f"{root.name}-clean-derained", {"task": "segment", **source, "weights": wsha, "tile": args.tile},
-            lambda tmp, final: map_image_tree(images, root, tmp, derain_fn(derainer, args.tile), "derain clean"))
-    model_id = sha256_file(args.model) if Path(args.model).is_file() else str(args.model)
-    map_id = sha256_file(args.class_map) if args.class_map else None
-    masks_id = files_fingerprint(masks, Path(args.masks).absolute())
+            cache, f"{root.name}-clean-derained", {"task": "segment", **source, "weights": wsha, "tile": tile},
+            lambda tmp, final: map_image_tree(images, root, tmp, derain_fn(derainer, tile), "derain clean"))
+    return copies
+
+
+def _score(cm: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    iou, present = iou_from_confusion(cm)
+    return {"miou": float(iou[present].mean()) if present.any() else None,
+            "pixel_accuracy": float(cm.diagonal().sum() / cm.sum()) if cm.sum() > 0 else None,
+            "per_class": {names[c]: float(iou[c]) for c in range(len(names)) if present[c]},
+            "confusion": cm.tolist()}
+
+
+def _score_copies(seg: Segmenter, copies: dict[str, tuple[Path, bool]], images: list[Path], masks: list[Path],
+                  root: Path, source: dict, cache: Path, key_base: dict, names: list[str], ignore_index: int | None,
+                  lut: torch.Tensor | None, device: torch.device, check) -> dict[str, dict[str, Any]]:
+    """``{copy: scores}``; each copy's confusion matrix cached by (copy, model, map, classes, masks, device)."""
     results: dict[str, dict] = {}
     for copy, (folder, _) in copies.items():
-        key = {"copy": source if copy == "clean" else folder.name, "model": model_id, "map": map_id,
-               "n": args.num_classes, "ignore": args.ignore_index, "masks": masks_id, "device": str(args.device)}
+        key = {"copy": source if copy == "clean" else folder.name, **key_base}
         mfile = cache / f"metrics-seg-{copy}-{digest(key, 12)}.json"
         if mfile.is_file():
             cm = torch.tensor(json.loads(mfile.read_text())["confusion"])
         else:
             files = [folder / f.relative_to(root) for f in images]
-            cm = _evaluate_copy(seg, files, masks, args.num_classes, args.ignore_index, lut, device, copy, check)
+            cm = _evaluate_copy(seg, files, masks, len(names), ignore_index, lut, device, copy, check)
             atomic_write_text(mfile, json.dumps({"confusion": cm.tolist()}))
-        iou, present = iou_from_confusion(cm)
-        results[copy] = {
-            "miou": float(iou[present].mean()) if present.any() else None,
-            "pixel_accuracy": float(cm.diagonal().sum() / cm.sum()) if cm.sum() > 0 else None,
-            "per_class": {names[c]: float(iou[c]) for c in range(args.num_classes) if present[c]},
-            "confusion": cm.tolist(),
-        }
+        results[copy] = _score(cm, names)
+    return results
+
+
+def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, num_classes: int,
+                    weights: str | Path, rain: str, out: Path, *, class_map: str | None = None,
+                    class_names: str | None = None, ignore_index: int | None = None, cache: Path | None = None,
+                    seed: int = 0, rain_scale: str = "1", device: str | None = None, tile: int | None = None,
+                    derain_clean: bool = False, limit: int | None = None) -> dict[str, Any]:
+    """mIoU of the clean, rainy and derained copies of the (first ``limit``) images with masks, with the recovered
+    fraction; writes report.json, report.md and plot.png to ``out`` and returns the report. ``rain`` is a preset
+    or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`)."""
+    out, torch_device = Path(out).absolute(), pick_device(device)
+    cache = Path(cache or out / "cache").absolute()
+    images, masks, missing = pair_masks(Path(images_dir), Path(masks_dir))
+    images, masks = (images[:limit], masks[:limit]) if limit else (images, masks)
+    rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
+    lut, names = _class_setup(class_map, class_names, num_classes, ignore_index)
+    seg = Segmenter(load_segmenter(str(model), torch_device)).to(torch_device)
+    derainer, wsha = load_derainer(weights, torch_device)
+    root = Path(images_dir).absolute()
+    source = {"images": str(root.resolve()), "fingerprint": files_fingerprint(images, root)}
+    copies = _segment_copies(images, root, source, cache, rain, seed, rain_scale, derainer, wsha, tile, derain_clean)
+    key_base = {"model": sha256_file(model) if Path(model).is_file() else str(model),
+                "map": sha256_file(class_map) if class_map else None, "n": num_classes, "ignore": ignore_index,
+                "masks": files_fingerprint(masks, Path(masks_dir).absolute()), "device": str(device)}
+    results = _score_copies(seg, copies, images, masks, root, source, cache, key_base, names, ignore_index, lut,
+                            torch_device, lambda ch: _check_classes(ch, num_classes, lut, ignore_index, str(model),
+                                                                    class_map))
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     if missing:
         notes.append(f"{len(missing)} images have no mask and were skipped, e.g. {missing[:3]}")
@@ -335,17 +362,26 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
         "notes": notes,
         "per_class": {c: r["per_class"] for c, r in results.items()},
         "confusion": {c: r["confusion"] for c, r in results.items()},
-        "config": {"images": str(root), "masks": str(Path(args.masks).absolute()), "model": str(args.model),
-                   "num_classes": args.num_classes, "class_map": args.class_map, "ignore_index": args.ignore_index,
-                   "class_names": names, "weights": str(args.weights), "weights_sha256": wsha, "rain": args.rain,
-                   "rain_scale": args.rain_scale, "seed": args.seed, "count": len(images),
+        "config": {"images": str(root), "masks": str(Path(masks_dir).absolute()), "model": str(model),
+                   "num_classes": num_classes, "class_map": class_map, "ignore_index": ignore_index,
+                   "class_names": names, "weights": str(weights), "weights_sha256": wsha, "rain": rain,
+                   "rain_scale": rain_scale, "seed": seed, "count": len(images), "limit": limit,
                    "metrics": "one confusion matrix over the dataset (torchmetrics); IoU per class; mean over "
                               "classes present in the ground truth"},
         "copies": {c: str(f) for c, (f, _) in copies.items()},
         "copies_reused": {c: r for c, (_, r) in copies.items() if c != "clean"},
     }
     finish_report(out, report, "Segmentation", ("miou", "pixel_accuracy"), "iou",
-            {c: r["per_class"] for c, r in results.items()})
+                  {c: r["per_class"] for c, r in results.items()})
+    return report
+
+
+def evaluate_segmentation(args: argparse.Namespace) -> int:
+    """The CLI: :func:`segment_dataset` with the parsed arguments."""
+    segment_dataset(args.images, args.masks, args.model, args.num_classes, args.weights, args.rain, args.out,
+                    class_map=args.class_map, class_names=args.class_names, ignore_index=args.ignore_index,
+                    cache=args.cache, seed=args.seed, rain_scale=args.rain_scale, device=args.device,
+                    tile=args.tile, derain_clean=args.derain_clean, limit=args.max_images)
     return 0
 
 
@@ -362,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p, rain_required=True)
     p.add_argument("--derain-clean", action="store_true",
                    help="also evaluate the derained clean images (what deraining costs without rain)")
+    p.add_argument("--max-images", type=int, default=None, help="first N images (with masks) only")
     return p
 
 

@@ -143,8 +143,11 @@ def test_dataset_mode_errors(tmp_path, yolo_pt, weights, capsys):
     rc, _, err = run(base[:-4] + ["--out", tmp_path / "o"], capsys)  # no --rain
     assert rc == 2 and "--rain" in err
 
-    rc, _, err = run([*base[:-4], "--rain", "drizzle", "--out", tmp_path / "o"], capsys)
-    assert rc == 2 and "drizzle" in err
+    rc, _, err = run([*base[:-4], "--rain", "no-such-preset", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "no-such-preset" in err
+
+    rc, _, err = run([*base[:-4], "--rain", f"transplant:{tmp_path / 'nobench'}", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and err.startswith("error:") and "nobench" in err
 
 
 def test_detections_map():

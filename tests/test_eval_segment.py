@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from eval_tasks.common import rain_fn
 from eval_tasks.segment import (Segmenter, confusion_matrix, iou_from_confusion, load_segmenter, main,
                                 read_class_map)
 
@@ -201,3 +202,41 @@ def test_shared_espnet_camvid(tmp_path, shared_dir, weights, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["clean"]["miou"] > 0.15
     assert "Road" in report["per_class"]["clean"]
+
+
+def make_benchmark(root: Path, value: int = 120) -> Path:
+    """A rain/ + norain/ pair folder whose rain layer is vertical streaks of ``value``."""
+    (root / "rain").mkdir(parents=True)
+    (root / "norain").mkdir(parents=True)
+    clean = np.full((20, 30, 3), 60, np.uint8)
+    rainy = clean.copy()
+    rainy[:, ::4] += value
+    cv2.imwrite(str(root / "norain" / "norain-001.png"), clean)
+    cv2.imwrite(str(root / "rain" / "rain-001.png"), rainy)
+    return root
+
+
+def test_transplanted_rain(tmp_path, weights, capsys):
+    images, masks = make_dataset(tmp_path / "ds", n=2)
+    model = scripted(tmp_path / "seg.torchscript")
+    spec = f"transplant:{make_benchmark(tmp_path / 'a' / 'bench')}"
+    base = ["--images", images, "--masks", masks, "--model", model, "--num-classes", 3, "--ignore-index", IGNORE,
+            "--weights", weights, "--seed", 1, "--cache", tmp_path / "cache"]
+    rc, _, err = run([*base, "--rain", spec, "--out", tmp_path / "o1", "--max-images", 1], capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert report["config"]["rain"] == spec and report["config"]["count"] == 1
+    assert report["rainy"]["miou"] < report["clean"]["miou"]  # the streaks brighten pixels into the next class
+    rainy = Path(report["copies"]["rainy"])
+    assert rainy.name.startswith("images-rainy-transplant-bench-s1-") and sorted(p.name for p in rainy.glob("*.png")) \
+        == ["im0.png"]
+    clean = cv2.imread(str(images / "im0.png"))[..., ::-1]
+    expected = rain_fn(spec, 1)(np.ascontiguousarray(clean), "im0.png")
+    assert np.array_equal(cv2.imread(str(rainy / "im0.png"))[..., ::-1], expected)
+    # Another benchmark folder of the same name is another rain: its own copy, not the cached one.
+    other = f"transplant:{make_benchmark(tmp_path / 'b' / 'bench', value=90)}"
+    rc, _, err = run([*base, "--rain", other, "--out", tmp_path / "o2", "--max-images", 1], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "o2" / "report.json").read_text())["copies"]["rainy"] != str(rainy)
+    rc, _, err = run([*base, "--rain", f"transplant:{tmp_path / 'nobench'}", "--out", tmp_path / "o3"], capsys)
+    assert rc == 2 and "nobench" in err
