@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 15's equal-time comparison: jdnet-lite trained on the old `mixed` rain and on the new `broad` rain,
+# same clean images (all of ../shared/data/clean but Kodak24), same recipe and steps, run side by side with
+# one thread each so that both get the same machine for the same wall time. Rerunning resumes.
+# Usage: bash configs/train_rain_comparison.sh [extra train flags for both runs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SHARED=${SHARED:-../shared}
+RUN=${RUN:-runs/rain-comparison}
+CLEAN=$SHARED/data/clean
+DATA=("$CLEAN/BSD300_nontest" "$CLEAN/CBSD68" "$CLEAN/CSet14" "$CLEAN/CSun_Hays80" "$CLEAN/Urban100" "$CLEAN/CamVid_0006R0")
+
+# Validation (monitoring only; the comparison uses final.pt): Kodak24, never trained on, with storm rain.
+if [ ! -d "$RUN/val/norain" ]; then
+  "$PY" -m jdnet_plugin.synth "$CLEAN/Kodak24" --out "$RUN/val/rain" --preset storm --seed 1234 --quiet
+  mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
+fi
+mkdir -p "$(dirname "$RUN")"
+for rain in mixed broad; do
+  [ -f "$RUN-$rain/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/rain-comparison-$rain.yaml" \
+    --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-$rain" --no-progress "$@" > "$RUN-$rain.log" 2>&1 &
+done
+wait
+echo "done: $RUN-mixed/final.pt $RUN-broad/final.pt"
