@@ -145,6 +145,27 @@ def test_determinism_independent_of_workers(tmp_path):
     assert not all(torch.equal(ds[(i, i)]["rain"], other[(i, i)]["rain"]) for i in range(5))
 
 
+@pytest.mark.parametrize("concat", [False, True])
+def test_int_index_draws_fresh_rain_each_epoch_of_a_shuffled_loader(tmp_path, concat):
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        write_rgb(tmp_path / f"{i}.png", rng.integers(0, 200, (40, 40, 3), dtype=np.uint8))
+    ds = make_dataset(tmp_path, patch_size=24, synthetic_rain="light", seed=1)
+    if concat:
+        ds = ConcatDataset([ds])
+
+    def epochs(n: int) -> list[dict[str, torch.Tensor]]:
+        torch.manual_seed(7)
+        loader = DataLoader(ds, batch_size=1, shuffle=True, collate_fn=collate)
+        return [{b["name"][0]: b["rain"][0] for b in loader} for _ in range(n)]
+
+    first, second = epochs(2)
+    assert sorted(first) == sorted(second) and len(first) == 4
+    assert all(not torch.equal(first[k], second[k]) for k in first)  # new crop and rain for every image
+    again = epochs(2)
+    assert all(torch.equal(again[0][k], first[k]) and torch.equal(again[1][k], second[k]) for k in first)
+
+
 def test_sampler_resumes_and_splits_ranks():
     full = InfiniteSampler(7, seed=2)
     it = iter(full)

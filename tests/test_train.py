@@ -1,6 +1,7 @@
 """``python -m jdnet_plugin.train``: a short CPU run, checkpoints, resume after SIGKILL, SIGTERM, DDP on gloo."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,18 +187,52 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(data, tmp_path, cap
 
 
 def test_a_second_run_on_the_same_out_is_refused(data, tmp_path, capsys):
-    from jdnet_plugin.training.trainer import lock_run_dir
-
     out = tmp_path / "run"
     out.mkdir()
-    held = lock_run_dir(out)  # as another process running in that folder would
+    holder = subprocess.Popen(  # another process running in that folder
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(out / ".lock")],
+        stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "locked"
         assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 2
         assert "in use by another training run" in capsys.readouterr().err
         assert not (out / "latest.pt").exists()
     finally:
-        held.close()
+        holder.kill()
+        holder.wait()
     assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 0
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the workers")
+def test_restart_right_after_sigkill_resumes_while_workers_linger(data, tmp_path, capsys):
+    from jdnet_plugin.training.trainer import lock_run_dir
+
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), "--steps", "400", "--save-every", "2", *TINY, "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "jdnet_plugin.train", *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(out / "latest.pt", proc)
+    workers = _children(proc.pid)
+    assert workers, "no DataLoader workers: nothing was tested"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        lock = lock_run_dir(out)  # at once: the killed run's workers still share its open lock file
+        assert any(Path(f"/proc/{w}").exists() for w in workers), "the workers had already gone: nothing was tested"
+        lock.close()
+        step = torch.load(out / "latest.pt", weights_only=True)["step"]
+        assert main([*args[:-2], "--workers", "0"]) == 0
+        assert f"resumed from {step} ({out / 'latest.pt'})" in capsys.readouterr().err
+        assert torch.load(out / "final.pt", weights_only=True)["step"] == 400
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("argv, message", [

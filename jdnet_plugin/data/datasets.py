@@ -1,10 +1,11 @@
 """Deraining datasets: paired folders, the authors' side-by-side images, unpaired photos, clean images + rain.
 
 Items are ``dict(rain=Tensor(3, P, P), clean=Tensor(3, P, P), name=str)`` (unpaired: no ``clean``), float in
-[0, 1]; ``patch_size=None`` gives whole images. A dataset can be indexed by an int, or by a key
-``(index, sample_seed)`` as :class:`jdnet_plugin.training.InfiniteSampler` yields: every random choice of a
-sample (crop window, flips, rain) then comes from ``(dataset seed, sample_seed)`` alone, so the batches do
-not depend on the number of DataLoader workers.
+[0, 1]; ``patch_size=None`` gives whole images. A dataset can be indexed by a key ``(index, sample_seed)``
+as :class:`jdnet_plugin.training.InfiniteSampler` yields: every random choice of a sample (crop window, flips,
+rain) then comes from ``(dataset seed, sample_seed)`` alone, so the batches do not depend on the number of
+DataLoader workers. An int index draws its sample seed from torch's random generator, so each call (each
+epoch of a shuffled ``DataLoader``) gets fresh crops and rain, reproducible under ``torch.manual_seed``.
 """
 from __future__ import annotations
 
@@ -176,8 +177,7 @@ class _Base(Dataset):
         return img
 
     def _rng(self, key) -> tuple[int, np.random.Generator]:
-        index, sample_seed = key if isinstance(key, tuple) else (key, key)
-        index = int(index)
+        index, sample_seed = split_key(key)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         return index % len(self), np.random.default_rng([self.seed, int(sample_seed) & 0xFFFFFFFFFFFF])
@@ -352,6 +352,13 @@ class SyntheticRainDataset(_Base):
         return {"rain": rain.clamp(0, 1), "clean": target, "name": _name(f, self.root)}
 
 
+def split_key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """``(index, sample_seed)`` of a dataset key; an int index gets a fresh seed from torch's generator."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), int(torch.randint(0, 2**48, ()).item())
+
+
 class ConcatDataset(Dataset):
     """Several datasets as one; accepts the ``(index, sample_seed)`` keys of the datasets above."""
 
@@ -365,8 +372,8 @@ class ConcatDataset(Dataset):
         return int(self.offsets[-1])
 
     def __getitem__(self, key) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, key)
-        index = int(index) % len(self)
+        index, seed = split_key(key)
+        index %= len(self)
         i = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return self.datasets[i][(index - int(self.offsets[i]), seed)]
 

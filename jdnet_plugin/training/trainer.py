@@ -10,6 +10,7 @@ the RNG states, all loadable with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -124,15 +125,19 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
 
 
 def lock_run_dir(out: Path):
-    """An exclusive lock on ``out/.lock``, held while the returned file stays open (the OS drops it when the
-    process ends, SIGKILL included): two runs writing into one folder would corrupt each other's resume."""
+    """An exclusive lock on ``out/.lock``, held while the returned file stays open: two runs writing into one
+    folder would corrupt each other's resume. A POSIX record lock (``lockf``) belongs to this process alone:
+    the OS drops it when the process ends (SIGKILL included) even while DataLoader workers forked from it,
+    which share the open file, are still shutting down, so a restart right after a kill resumes."""
     import fcntl
 
     f = open(out / ".lock", "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:  # EAGAIN or EACCES: held by another process
         f.close()
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
         raise ConfigError(f"{out} is in use by another training run (it holds {out / '.lock'}); "
                           "wait for it to finish or choose another --out") from None
     return f
@@ -331,6 +336,8 @@ class Trainer:
         if self.fresh and d.is_main:
             self._clear_outputs()
         self.start_step = self._resume()
+        if self.start_step and d.is_main:
+            print(f"resumed from {self.start_step} ({self.out / 'latest.pt'})", file=sys.stderr)
         if d.is_main:  # out/ was made above, with the lock
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
         self._ready = True
