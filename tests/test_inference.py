@@ -200,3 +200,13 @@ def test_derain_loads_weights_once(tmp_path, model):
     assert get_model(str(path), "cpu") is a
     rgb = np.full((16, 16, 3), 128, np.uint8)
     np.testing.assert_array_equal(jdnet_plugin.derain(rgb, weights=path, device="cpu"), derain(rgb, model))
+
+
+def test_package_derain_stays_callable_after_importing_the_cli_module(model):
+    import importlib
+
+    x = _natural(24, 32)[0]
+    before = jdnet_plugin.derain(x, model=model)
+    module = importlib.import_module("jdnet_plugin.derain")  # what `python -m` and tools that walk modules do
+    assert jdnet_plugin.derain is module and callable(module.main)
+    assert torch.equal(jdnet_plugin.derain(x, model=model), before)
