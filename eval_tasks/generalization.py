@@ -2,7 +2,7 @@
 
     python eval_tasks/generalization.py --weights default --out runs/gen [--shared ../shared] [--quick] [--device cpu]
 
-One run writes OUT/report.json, OUT/report.md, OUT/real_rainy_sheet.png (and the detection and segmentation
+One run writes OUT/report.json, OUT/report.md, OUT/real_rainy_sheet.jpg (and the detection and segmentation
 sub-reports with their plots under OUT/detection, OUT/segmentation), as ``../shared/docs/evaluation.md`` asks:
 
 - restoration, PSNR / SSIM (Y as published, and RGB), rainy input and derained, mean over images:
@@ -47,7 +47,7 @@ __all__ = ["REAL_PHOTOS", "Limits", "FULL", "QUICK", "SharedPaths", "rainy_pairs
 REPO = Path(__file__).resolve().parents[1]
 SEED = 0
 IN_DISTRIBUTION = ("light", "heavy")
-SHEET = "real_rainy_sheet.png"
+SHEET = "real_rainy_sheet.jpg"
 # Fixed real rainy photographs of ../shared/data/real_rainy shown on the sheet (481x321 each).
 REAL_PHOTOS = ("50.png", "2.png", "11.png", "23.png", "62.png", "77.png", "90.png", "101.png")
 SHEET_ROW_HEIGHT = 320
@@ -204,41 +204,44 @@ def segmentation_section(paths: SharedPaths, weights: str, out: Path, cache: Pat
 
 
 # ----------------------------------------------------------------------------------------------- real photos
-def _sheet_row(rainy: np.ndarray, derained: np.ndarray, caption: str, height: int) -> np.ndarray:
-    """One row: a caption strip over rainy | derained, both resized to ``height``."""
+def _sheet_row(panels: Sequence[np.ndarray], caption: str, height: int) -> np.ndarray:
+    """One row: a caption strip over the panels side by side, each resized to ``height``."""
     import cv2
 
-    h, w = rainy.shape[:2]
+    h, w = panels[0].shape[:2]
     size = (max(1, round(w * height / h)), height)
     interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
-    a, b = (cv2.resize(x, size, interpolation=interp) for x in (rainy, derained))
     gap = np.full((height, 6, 3), 255, np.uint8)
-    img = np.concatenate([a, gap, b], axis=1)
+    parts = [cv2.resize(p, size, interpolation=interp) for p in panels]
+    img = np.concatenate([x for p in parts for x in (p, gap)][:-1], axis=1)
     strip = np.full((22, img.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, f"{caption}: rainy | derained", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(strip, caption, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, img], axis=0)
 
 
-def real_rainy_sheet(folder: Path, names: Sequence[str], derain: Callable[[np.ndarray, str], np.ndarray],
-                     path: Path, height: int = SHEET_ROW_HEIGHT) -> list[str]:
-    """Write the rainy | derained sheet of the photos ``names`` of ``folder`` to ``path``; the names drawn."""
+def real_rainy_sheet(folder: Path, names: Sequence[str], derain: Callable[[np.ndarray, str], np.ndarray]
+                     | dict[str, Callable[[np.ndarray, str], np.ndarray]], path: Path,
+                     height: int = SHEET_ROW_HEIGHT) -> list[str]:
+    """Write the sheet of the photos ``names`` of ``folder`` to ``path`` (JPEG): per row rainy | derained, or
+    rainy | one column per entry of a ``{label: derain}`` dict; return the names drawn."""
     from jdnet_plugin.io import read_rgb, write_rgb
 
+    derains = derain if isinstance(derain, dict) else {"derained": derain}
     rows, drawn = [], []
     for name in names:
         f = folder / name
         if not f.is_file():
             continue
         rgb = read_rgb(f)
-        rows.append(_sheet_row(rgb, derain(rgb, name), name, height))
+        rows.append(_sheet_row([rgb, *(fn(rgb, name) for fn in derains.values())],
+                               f"{name}: " + " | ".join(["rainy", *derains]), height))
         drawn.append(name)
     if not rows:
         return []
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_rgb(path, np.concatenate(rows, axis=0), [16, 9])  # cv2.IMWRITE_PNG_COMPRESSION: smallest file
+    write_rgb(path, np.concatenate(rows, axis=0), [1, 92])  # cv2.IMWRITE_JPEG_QUALITY: a sheet to look at, small
     return drawn
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from eval_tasks.common import EvalError, rain_fn, rain_id, rain_label, rain_layers, transplant_layer
+from eval_tasks.compare import main as compare_main
 from eval_tasks.generalization import REAL_PHOTOS, SHEET, main
 
 CENTERS = (0.15, 0.5, 0.85)
@@ -209,6 +210,23 @@ def test_quick_report_without_detector(tmp_path, weights, capsys):
     assert md.index("In-distribution") < md.index("Held-out rain: Rain100L") < md.index("segmentation")
     assert "skipped" in md and SHEET in md and report["time_s"]["total"] > 0
     assert (out / "segmentation" / "report.json").is_file()
+
+    # two reports compared (here the same one twice), with the sheet of both weights files
+    assert compare_main(["a=" + str(out), "b=" + str(out), "--out", str(tmp_path / "cmp"), "--sheet",
+                         "--shared", str(shared), "--device", "cpu"]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    rows = {r["label"]: r for r in cmp["rows"]}
+    psnr = rows["Rain100L test, PSNR-Y (dB)"]
+    assert psnr["values"] == {"a": report["held_out"]["rain100L"]["derained"]["psnr_y"]} | {
+        "b": report["held_out"]["rain100L"]["derained"]["psnr_y"]}
+    assert psnr["input"] == report["held_out"]["rain100L"]["input"]["psnr_y"]
+    assert rows["CamVid val + transplanted Rain100L rain: recovered fraction of mIoU"]["values"]["a"] == \
+        seg["recovered_fraction"]
+    assert rows["COCO128 + transplanted Rain100L rain: derained mAP50-95"]["values"]["b"] is None  # skipped
+    assert cmp["sheet"]["photos"] == list(REAL_PHOTOS[:3])
+    both = cv2.imread(str(tmp_path / "cmp" / SHEET))
+    assert both.shape[1] == 3 * round(45 * 320 / 30) + 2 * 6  # rainy | a | b
+    assert compare_main(["a=" + str(tmp_path / "none"), "--out", str(tmp_path / "cmp2")]) == 2
 
 
 def test_quick_report_missing_shared_and_bad_weights(tmp_path, weights, capsys):

@@ -1,0 +1,142 @@
+"""Several generalisation reports side by side: held-out and in-distribution rain kept apart, one table.
+
+    python eval_tasks/compare.py mixed=runs/gen-mixed broad=runs/gen-broad --out benchmarks/results/rain-comparison \\
+        [--sheet] [--shared ../shared]
+
+Each ``NAME=DIR`` is the output folder of ``eval_tasks/generalization.py`` (its ``report.json``). Writes
+OUT/report.json and OUT/report.md; ``--sheet`` also draws OUT/real_rainy_sheet.jpg, the report's real
+photos as rainy | one column per weights file, from the weights files the reports name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval_tasks.common import EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report
+from eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
+
+__all__ = ["ROWS", "read_reports", "comparison", "render_markdown", "draw_sheet", "main"]
+
+# (group, label, path into a generalisation report.json, digits shown)
+ROWS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
+    ("held-out", "Rain100L test, PSNR-Y (dB)", ("held_out", "rain100L", "derained", "psnr_y"), 2),
+    ("held-out", "Rain100L test, SSIM-Y", ("held_out", "rain100L", "derained", "ssim_y"), 4),
+    ("held-out", "COCO128 + transplanted Rain100L rain: recovered fraction of mAP50-95",
+     ("detection", "recovered_fraction"), 3),
+    ("held-out", "COCO128 + transplanted Rain100L rain: derained mAP50-95", ("detection", "derained", "map50_95"), 4),
+    ("held-out", "CamVid val + transplanted Rain100L rain: recovered fraction of mIoU",
+     ("segmentation", "recovered_fraction"), 3),
+    ("held-out", "CamVid val + transplanted Rain100L rain: derained mIoU", ("segmentation", "derained", "miou"), 4),
+    ("in-distribution", "Kodak24 + own `light` rain, PSNR-Y (dB)", ("in_distribution", "light", "derained", "psnr_y"), 2),
+    ("in-distribution", "Kodak24 + own `heavy` rain, PSNR-Y (dB)", ("in_distribution", "heavy", "derained", "psnr_y"), 2),
+    ("clean images", "COCO128 clean -> clean derained, mAP50-95", ("detection", "clean_derained", "map50_95"), 4),
+    ("clean images", "CamVid clean -> clean derained, mIoU", ("segmentation", "clean_derained", "miou"), 4),
+)
+# The same quantity without deraining, where the reports hold it (shown as the "input" column).
+INPUT = {("held_out", "rain100L", "derained"): ("held_out", "rain100L", "input"),
+         ("in_distribution", "light", "derained"): ("in_distribution", "light", "input"),
+         ("in_distribution", "heavy", "derained"): ("in_distribution", "heavy", "input"),
+         ("detection", "derained"): ("detection", "rainy"), ("segmentation", "derained"): ("segmentation", "rainy"),
+         ("detection", "clean_derained"): ("detection", "clean"),
+         ("segmentation", "clean_derained"): ("segmentation", "clean")}
+
+
+def _get(report: dict, path: Sequence[str]) -> float | None:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, (int, float)) else None
+
+
+def read_reports(specs: Sequence[str]) -> dict[str, dict]:
+    """``{name: report}`` from ``NAME=DIR`` arguments."""
+    reports = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise EvalError(f"{spec!r}: expected NAME=DIR (a generalization.py output folder)")
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise EvalError(f"{path}: no report.json (run eval_tasks/generalization.py --out {folder} first)")
+        try:
+            reports[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path}: not JSON ({e})") from None
+        if reports[name].get("quick"):
+            print(f"warning: {path} is a --quick report (subsets)", file=sys.stderr)
+    return reports
+
+
+def comparison(reports: dict[str, dict]) -> dict[str, Any]:
+    """Rows of :data:`ROWS`: ``{group, label, input, values {name: value}}``."""
+    rows = []
+    for group, label, path, digits in ROWS:
+        in_path = next((INPUT[k] + path[len(k):] for k in INPUT if tuple(path[:len(k)]) == k), None)
+        inputs = {_get(r, in_path) for r in reports.values()} if in_path else set()
+        rows.append({"group": group, "label": label, "digits": digits,
+                     "input": inputs.pop() if len(inputs) == 1 else None,
+                     "values": {n: _get(r, path) for n, r in reports.items()}})
+    return {"reports": {n: {"weights": r["weights"], "weights_sha256": r["weights_sha256"], "quick": r["quick"]}
+                        for n, r in reports.items()}, "rows": rows}
+
+
+def render_markdown(c: dict[str, Any]) -> str:
+    names = list(c["reports"])
+
+    def f(v: float | None, d: int) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    table = [[r["group"], r["label"], f(r["input"], r["digits"]), *(f(r["values"][n], r["digits"]) for n in names)]
+             for r in c["rows"]]
+    md = ["# Generalisation reports compared", "", markdown_table(["rain", "figure", "no deraining", *names], table),
+          "", "input column: the rainy input (restoration) or the rainy copy / clean copy (downstream); "
+          "recovered fraction = (derained - rainy) / (clean - rainy).", ""]
+    md += [f"- `{n}`: weights `{r['weights']}` (sha256 {r['weights_sha256'][:12]})" + (" QUICK" if r["quick"] else "")
+           for n, r in c["reports"].items()]
+    return "\n".join(md)
+
+
+def draw_sheet(reports: dict[str, dict], shared: Path, out: Path, device: str | None = None) -> list[str]:
+    """The real photos as rainy | one column per report's weights; the names drawn."""
+    dev = pick_device(device)
+    derains = {n: derain_fn(load_derainer(Path(r["weights_file"]), dev)[0], None) for n, r in reports.items()}
+    return real_rainy_sheet(shared / "data" / "real_rainy", REAL_PHOTOS, derains, out / SHEET)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", nargs="+", metavar="NAME=DIR", help="generalization.py output folders")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sheet", action="store_true", help="draw the real photos with every weights file")
+    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    p.add_argument("--device")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    reports = read_reports(args.reports)
+    c = comparison(reports)
+    if args.sheet:
+        c["sheet"] = {"file": SHEET, "photos": draw_sheet(reports, args.shared, args.out, args.device)}
+    md = render_markdown(c) + (f"\n\n![rainy | {' | '.join(reports)}]({SHEET})\n" if args.sheet else "\n")
+    write_report(args.out, c, md)
+    print(md)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
