@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,9 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jdnet_plugin.checkpoint import CheckpointError, load_model
+from jdnet_plugin.checkpoint import load_model
+from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
-from jdnet_plugin.io import ImageReadError, read_rgb, write_rgb
+from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
@@ -46,21 +46,11 @@ class EvalError(ValueError):
     """Bad input to an evaluation task (missing model, dataset without labels, class-count mismatch, ...)."""
 
 
-# Errors that are the user's input, not a bug: reported as ``error: ...`` with exit status 2.
-USER_ERRORS = (EvalError, CheckpointError, DatasetError, ImageReadError, FileNotFoundError, NotADirectoryError,
-               KeyError)
-
-
 def cli_main(run: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and call ``run(args)``; the user's errors print ``error: ...`` and return 2."""
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    """Parse ``argv`` and call ``run(args)`` as every command line of the package does
+    (:func:`jdnet_plugin.cli._common.run_cli`), with :class:`EvalError` as a user error too."""
+    return run_cli(parser, run, argv, errors=(EvalError,))
 
 
 def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> None:

@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 import jdnet_plugin
-from jdnet_plugin.io import ImageReadError, read_rgb, write_rgb
+from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.metrics import psnr, ssim
 from jdnet_plugin.rain import add_rain
+
+from eval_tasks.common import cli_main
 
 SHARED_DETECTOR = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolov5n-coco.torchscript"
 
@@ -63,22 +65,21 @@ def _detect(detector: str, images: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(panels, 1)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", help="a clean image (default: Ultralytics' bus.jpg)")
     ap.add_argument("--weights", default=jdnet_plugin.DEFAULT_WEIGHTS, help="weights name or checkpoint path")
-    ap.add_argument("--rain", default="heavy", help="rain preset: light | heavy")
+    ap.add_argument("--rain", default="heavy", help="rain preset (jdnet_plugin.rain.list_rain_presets())")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--detector", help="a local YOLO weights file to draw detections on rainy and derained")
     ap.add_argument("--out", default="outputs/demo", help="output folder")
-    args = ap.parse_args(argv)
-    try:
-        image = Path(args.image) if args.image else sample_image()
-        clean = read_rgb(image)
-        model = jdnet_plugin.load_model(args.weights)
-    except (FileNotFoundError, ImageReadError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    image = Path(args.image) if args.image else sample_image()
+    clean = read_rgb(image)
+    model = jdnet_plugin.load_model(args.weights)
     rainy = add_rain(clean, args.rain, seed=args.seed)
     derained = jdnet_plugin.derain(rainy, model=model)
     out = Path(args.out)
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"derained vs clean: PSNR-Y {scores['derained']['psnr_y']:.2f} dB  SSIM-Y {scores['derained']['ssim_y']:.4f}")
     print(f"wrote {out / 'demo.png'}" + (f" and {out / 'detections.png'}" if (out / "detections.png").exists() else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(_run, build_parser(), argv)
 
 
 if __name__ == "__main__":

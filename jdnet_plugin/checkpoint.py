@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .archs import JDNet, JDNetConfig
+from .errors import CheckpointError
 from .registry import list_weights, resolve_weights
 from .utils.atomic import atomic_torch_save
 
@@ -19,10 +20,6 @@ __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "read_checkpoint", "s
            "infer_config", "load_state_dict_checked", "load_model"]
 
 FORMAT = "jdnet-plugin/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archs import JDNet, JDNetConfig
+from .errors import CheckpointError, UnknownNameError
 
 __all__ = ["register_model", "list_models", "model_config", "create_model",
            "PretrainedWeights", "register_weights", "list_weights", "get_weights", "resolve_weights",
@@ -29,7 +30,7 @@ def list_models() -> list[str]:
 
 def model_config(name: str, **overrides) -> JDNetConfig:
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise UnknownNameError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return JDNetConfig(**{**_MODELS[name], **overrides})
 
 
@@ -82,7 +83,7 @@ def list_weights() -> list[str]:
 def get_weights(name: str) -> PretrainedWeights:
     if name not in _WEIGHTS:
         known = ", ".join(list_weights()) or "none are registered yet"
-        raise KeyError(f"unknown weights {name!r}; registered weights: {known}")
+        raise UnknownNameError(f"unknown weights {name!r}; registered weights: {known}")
     return _WEIGHTS[name]
 
 
@@ -105,7 +106,7 @@ def resolve_weights(name: str) -> Path:
         )
     digest = _sha256(path)
     if digest != spec.sha256:
-        raise ValueError(
+        raise CheckpointError(
             f"weights file {path} is corrupt or was changed: sha256 {digest}, expected {spec.sha256}"
         )
     return path

@@ -8,7 +8,7 @@ import torch
 from jdnet_plugin import create_model, save_checkpoint
 from jdnet_plugin.cli.evaluate import main
 from jdnet_plugin.io import read_rgb, write_rgb
-from jdnet_plugin.metrics import psnr, ssim
+from jdnet_plugin.metrics import psnr
 
 
 def _pair(seed, h=32, w=40):

@@ -94,7 +94,7 @@ def test_refuses_to_write_into_or_over_src(tree: Path, capsys):
     assert not (tree / "rainy").exists()
     assert _run(tree / "images" / "a.png", "--out", tree / "images") == 2
     assert _run(tree / "missing", "--out", tree.parent / "x") == 2
-    assert _run(tree, "--out", tree.parent / "x", "--preset", "drizzle") == 2
+    assert _run(tree, "--out", tree.parent / "x", "--preset", "monsoon-xyz") == 2
     assert "unknown rain preset" in capsys.readouterr().err
     assert _run(tree / "labels", "--out", tree.parent / "x") == 2
     assert "no images" in capsys.readouterr().err

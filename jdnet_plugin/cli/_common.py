@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..checkpoint import CheckpointError, load_model
+from ..errors import UnknownNameError
 from ..inference import DTYPES, MAX_PIXELS, OVERLAP
 from ..registry import DEFAULT_WEIGHTS, list_weights
 
-__all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "run_cli"]
+__all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "error_message", "run_cli"]
 
 
 class CLIError(Exception):
@@ -69,13 +70,32 @@ def fail(message: str) -> int:
     return 2
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..data import DatasetError
+    from ..io import ImageReadError
+    from ..training.config import ConfigError
+
+    return (CLIError, ConfigError, DatasetError, CheckpointError, ImageReadError, UnknownNameError,
+            FileNotFoundError, NotADirectoryError)
+
+
+def error_message(e: BaseException) -> str:
+    """The one line a user sees; an error raised in a DataLoader worker keeps only the original message."""
+    msg = str(e).strip()
+    if "Original Traceback" in msg:
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg
+
+
 def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
-            argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and ``run``; a :class:`CLIError` or Ctrl-C becomes ``error: ...`` and exit code 2."""
+            argv: Sequence[str] | None = None, errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Parse ``argv`` and ``run``: the user's errors (:class:`CLIError`, the package's documented error types
+    and ``errors``) and Ctrl-C become one line ``error: ...`` and exit code 2; anything else is a bug and
+    keeps its traceback."""
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except CLIError as e:
-        return fail(str(e))
+    except _user_errors() + tuple(errors) as e:
+        return fail(error_message(e))
     except KeyboardInterrupt:
         return fail("interrupted")

@@ -13,10 +13,11 @@ by SIGINT/SIGTERM (``latest.pt`` saved).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import yaml
+
+from ._common import run_cli
 
 __all__ = ["main", "build_parser", "overrides_from_args"]
 
@@ -89,27 +90,19 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..checkpoint import CheckpointError
-    from ..data import DatasetError
-    from ..io import ImageReadError
-    from ..training import ConfigError, Trainer, load_config
+def _run(args: argparse.Namespace) -> int:
+    from ..training import Trainer, load_config
 
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, overrides_from_args(args))
-        if args.print_config:
-            print(yaml.safe_dump(cfg, sort_keys=False), end="")
-            return 0
-        result = Trainer(cfg, fresh=args.fresh).fit()
-    except (ConfigError, DatasetError, CheckpointError, ImageReadError, FileNotFoundError,
-            NotADirectoryError, FloatingPointError) as e:
-        msg = str(e).strip()
-        if "Original Traceback" in msg:  # raised in a DataLoader worker: keep the original message only
-            msg = msg.splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    return int(result["exit_code"])
+    cfg = load_config(args.config, overrides_from_args(args))
+    if args.print_config:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
+    return int(Trainer(cfg, fresh=args.fresh).fit()["exit_code"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    # FloatingPointError: the loss went non-finite (a learning rate too high for the data), reported as such
+    return run_cli(build_parser(), _run, argv, errors=(FloatingPointError,))
 
 
 if __name__ == "__main__":

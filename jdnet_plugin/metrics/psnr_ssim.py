@@ -15,7 +15,6 @@ single unbatched image. Identical images give PSNR ``inf`` and SSIM 1.
 """
 from __future__ import annotations
 
-import math
 
 import kornia
 import numpy as np

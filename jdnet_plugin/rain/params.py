@@ -9,6 +9,8 @@ from typing import Any, Union
 
 import yaml
 
+from ..errors import UnknownNameError
+
 __all__ = ["Range", "StreakLayer", "NoiseStreaks", "StreakImages", "Haze", "Camera", "RainParams", "Mixture",
            "PRESETS", "PRESETS_FILE", "BLENDS", "load_presets", "resolve_preset", "list_rain_presets"]
 
@@ -311,8 +313,8 @@ def resolve_preset(preset: "str | RainParams | Mixture") -> "RainParams | Mixtur
     if isinstance(preset, (RainParams, Mixture, _ScaledMixture)):
         return preset
     if preset not in PRESETS:
-        raise KeyError(f"unknown rain preset {preset!r}; known: {', '.join(list_rain_presets())}")
+        raise UnknownNameError(f"unknown rain preset {preset!r}; known: {', '.join(list_rain_presets())}")
     for name in getattr(PRESETS[preset], "choices", ()):
         if name not in PRESETS:
-            raise KeyError(f"rain preset {preset!r} mixes {name!r}, which is not a preset")
+            raise UnknownNameError(f"rain preset {preset!r} mixes {name!r}, which is not a preset")
     return PRESETS[preset]
