@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jdnet_plugin.checkpoint import load_model
+from jdnet_plugin.checkpoint import load_model, weights_file
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
 from jdnet_plugin.io import read_rgb, write_rgb
-from jdnet_plugin.registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
+from jdnet_plugin.registry import DEFAULT_WEIGHTS
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
-           "resolve_weights_file", "load_derainer", "rain_fn", "transplant_fn", "transplant_layer", "rain_layers",
+           "load_derainer", "rain_fn", "transplant_fn", "transplant_layer", "rain_layers",
            "rain_id", "rain_label", "TRANSPLANT", "derain_fn", "cached_copy",
            "map_image_tree", "recovered_fraction", "write_report", "finish_report", "markdown_table", "plot_metrics",
            "to_jsonable"]
@@ -96,24 +96,9 @@ def files_fingerprint(files: Iterable[Path], root: Path) -> str:
     return digest(sorted(items), 32)
 
 
-def resolve_weights_file(weights: str | os.PathLike) -> Path:
-    """The deraining checkpoint file of a path or a registered weights name; clear error if there is none."""
-    text = str(weights)
-    if Path(text).is_file():
-        return Path(text)
-    if text in list_weights():
-        return resolve_weights(text)
-    if text == DEFAULT_WEIGHTS:
-        raise FileNotFoundError("no default deraining weights are shipped in this install yet; "
-                                "pass --weights <checkpoint.pt>")
-    registered = ", ".join(list_weights()) or "none"
-    raise FileNotFoundError(f"deraining weights {text}: no such file and not a registered name "
-                            f"(registered: {registered})")
-
-
 def load_derainer(weights: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, str]:
     """``(model, sha256 of the checkpoint)``."""
-    path = resolve_weights_file(weights)
+    path = weights_file(weights)
     return load_model(path, device=device), sha256_file(path)
 
 

@@ -37,7 +37,8 @@ import torch
 
 from eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint,
                                load_derainer, map_image_tree, markdown_table, pick_device, rain_fn, rain_id,
-                               rain_label, resolve_weights_file, write_report)
+                               rain_label, write_report)
+from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
 
 __all__ = ["REAL_PHOTOS", "Limits", "FULL", "QUICK", "SharedPaths", "rainy_pairs", "restoration_section",
@@ -282,7 +283,7 @@ def generalization_report(weights: str, out: Path, shared: Path, *, quick: bool 
     """Run every part, write OUT/report.json, report.md and the sheet; return the report."""
     start, out = time.perf_counter(), Path(out).absolute()
     cache = Path(cache or out / "cache").absolute()
-    wfile = resolve_weights_file(weights)  # a bad --weights is an error, before any work
+    wfile = weights_file(weights)  # a bad --weights is an error, before any work
     torch_device = pick_device(device)
     machine = machine_info(torch_device)
     model, wsha = load_derainer(wfile, torch_device)

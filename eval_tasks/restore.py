@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, load_derainer, markdown_table,
-                               pick_device, resolve_weights_file, sha256_file, to_jsonable, write_report)
+                               pick_device, sha256_file, to_jsonable, write_report)
+from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "INPUT", "measure", "dataset_names", "restoration_results", "evaluate_restoration",
@@ -149,7 +150,7 @@ def restoration_results(data: Sequence[str | Path], weights: Sequence[str | Path
     Methods are ``"input"`` and a label per weights (file stem or registered name)."""
     cache = Path(cache).absolute()
     torch_device = pick_device(device)
-    weights_files = [resolve_weights_file(w) for w in weights]  # fail before any work
+    weights_files = [weights_file(w) for w in weights]  # fail before any work
     datasets = [(Path(d), _dataset(Path(d))) for d in data]
     names = list(names) if names is not None else dataset_names([d for d, _ in datasets])
     methods = [(INPUT, None, None)] + [(lab, f, sha256_file(f)) for lab, f in zip(_labels(weights), weights_files)]

@@ -28,16 +28,7 @@ def resolve_derainer(weights: WeightsSource = None, model: nn.Module | None = No
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (a JDNet), got {type(model).__name__}")
         return model.to(device) if device is not None else model
-    source = jdnet_plugin.DEFAULT_WEIGHTS if weights is None else weights
-    try:
-        return jdnet_plugin.load_model(source, device=device)
-    except (FileNotFoundError, KeyError) as e:
-        if weights is None:
-            raise FileNotFoundError(
-                f"no default JDNet weights are available in this install ({e}); pass weights=<checkpoint path> "
-                "or a registered weights name, or model=<a JDNet>"
-            ) from e
-        raise
+    return jdnet_plugin.load_model(jdnet_plugin.DEFAULT_WEIGHTS if weights is None else weights, device=device)
 
 
 def _first_tensor(model: nn.Module) -> torch.Tensor | None:

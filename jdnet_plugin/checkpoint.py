@@ -13,7 +13,7 @@ from torch import nn
 
 from .archs import JDNet, JDNetConfig
 from .errors import CheckpointError
-from .registry import list_weights, resolve_weights
+from .registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
 from .utils.atomic import atomic_torch_save
 
 __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "read_checkpoint", "split_checkpoint",
@@ -122,6 +122,22 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     model.load_state_dict(state, strict=True)
 
 
+def weights_file(source: str | os.PathLike) -> Path:
+    """The checkpoint file of a path or a registered weights name (a shipped file's checksum checked); the one
+    place where weights are resolved. ``FileNotFoundError`` says which when it is neither."""
+    text = str(source)
+    if Path(text).exists():
+        return Path(text)
+    if text in list_weights():
+        return resolve_weights(text)
+    registered = ", ".join(list_weights()) or "none"
+    if text == DEFAULT_WEIGHTS:
+        raise FileNotFoundError(f"no default weights are registered in this install (registered: {registered}); "
+                                "pass a checkpoint path or a registered weights name (--weights, weights=)")
+    hint = " (a registered weights name?)" if os.sep not in text and "." not in text else ""
+    raise FileNotFoundError(f"no checkpoint at {text}{hint}; registered weights: {registered}")
+
+
 def load_model(source: str | os.PathLike | Mapping = "default", device: str | torch.device | None = None) -> JDNet:
     """A JDNet in eval mode from a checkpoint path, a registered weights name, or a loaded dict.
 
@@ -131,16 +147,9 @@ def load_model(source: str | os.PathLike | Mapping = "default", device: str | to
     if isinstance(source, Mapping):
         obj, name = dict(source), "state_dict"
     else:
-        text = str(source)
-        if not Path(text).exists() and text in list_weights():
-            path = resolve_weights(text)
-            obj, name = read_checkpoint(path), f"weights {text!r} ({path})"
-        elif not Path(text).exists():
-            registered = ", ".join(list_weights()) or "none"
-            hint = " (a registered weights name?)" if os.sep not in text and "." not in text else ""
-            raise FileNotFoundError(f"no checkpoint at {text}{hint}; registered weights: {registered}")
-        else:
-            obj, name = read_checkpoint(text), f"checkpoint {text}"
+        path = weights_file(source)
+        obj = read_checkpoint(path)
+        name = f"checkpoint {path}" if Path(source).exists() else f"weights {str(source)!r} ({path})"
     try:
         config, state = split_checkpoint(obj)
     except CheckpointError as e:

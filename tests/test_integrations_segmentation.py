@@ -133,7 +133,7 @@ def test_no_downloads_and_clear_errors(tiny, tmp_path, monkeypatch):
         from jdnet_plugin import registry
 
         monkeypatch.setattr(registry, "_WEIGHTS", {})
-    with pytest.raises(FileNotFoundError, match="no default JDNet weights"):
+    with pytest.raises(FileNotFoundError, match="no default weights"):
         DerainSegmenter(seg)
     with pytest.raises(TypeError, match="nn.Module"):
         DerainSegmenter(lambda x: x, model=tiny)

@@ -206,9 +206,9 @@ def test_default_weights_missing_fails_fast(monkeypatch):
 
         monkeypatch.setattr(registry, "_WEIGHTS", {})
     t0 = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match="no default JDNet weights"):
+    with pytest.raises(FileNotFoundError, match="no default weights"):
         JDNetTransform()
-    with pytest.raises(FileNotFoundError, match="no default JDNet weights"):
+    with pytest.raises(FileNotFoundError, match="no default weights"):
         resolve_derainer(None)
     assert time.perf_counter() - t0 < 5
 

@@ -10,7 +10,7 @@ import torch
 from ..checkpoint import CheckpointError, load_model
 from ..errors import UnknownNameError
 from ..inference import DTYPES, MAX_PIXELS, OVERLAP
-from ..registry import DEFAULT_WEIGHTS, list_weights
+from ..registry import DEFAULT_WEIGHTS
 
 __all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "error_message", "run_cli"]
 
@@ -43,14 +43,7 @@ def model_from_args(args: argparse.Namespace):
         raise CLIError(f"bad --device {args.device!r}: {e}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} asked for, but CUDA is not available here")
-    weights = args.weights
-    if weights is None and DEFAULT_WEIGHTS not in list_weights():
-        raise CLIError("no default weights are shipped yet: pass --weights with a checkpoint "
-                       "(from python -m jdnet_plugin.train, or the authors' JDNet .pth) or a registered name")
-    try:
-        return load_model(weights or DEFAULT_WEIGHTS, device=device)
-    except (FileNotFoundError, KeyError, CheckpointError, ValueError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+    return load_model(args.weights or DEFAULT_WEIGHTS, device=device)
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:
