@@ -34,13 +34,26 @@ def model_config(name: str, **overrides) -> JDNetConfig:
     return JDNetConfig(**{**_MODELS[name], **overrides})
 
 
-def create_model(name: str = "jdnet", **overrides) -> JDNet:
-    """A randomly initialised JDNet of a registered preset, with any parameter overridden.
+def create_model(name: str = "jdnet", pretrained: bool = False, **overrides) -> JDNet:
+    """A JDNet of a registered preset, ``name`` = ``"preset"`` or ``"preset.tag"`` (timm's convention), any
+    parameter overridden. ``pretrained=True`` loads the shipped weights ``preset.tag`` (for a bare preset, its
+    default tag; see :func:`list_weights`) in eval mode; without it the weights are random.
 
     >>> create_model("jdnet-lite", units=2).config.units
     2
     """
-    return JDNet(model_config(name, **overrides))
+    preset, _, tag = name.partition(".")
+    if not pretrained:
+        return JDNet(model_config(preset, **overrides))
+    spec = get_weights(name if tag else _PRETRAINED_DEFAULT.get(preset, name))
+    if spec.model != preset:
+        raise UnknownNameError(f"weights {spec.name!r} are for {spec.model!r}, not {preset!r}")
+    from .checkpoint import load_model  # checkpoint imports this module
+
+    model = load_model(spec.name)
+    if overrides and model.config != model_config(preset, **overrides):
+        raise ValueError(f"pretrained {spec.name!r} has the preset's architecture; overrides {overrides} change it")
+    return model
 
 
 # The paper's setting and the authors' two ablations.
@@ -71,9 +84,16 @@ class PretrainedWeights:
 _WEIGHTS: dict[str, PretrainedWeights] = {}
 
 
-def register_weights(weights: PretrainedWeights) -> None:
+_PRETRAINED_DEFAULT: dict[str, str] = {}  # preset -> the weights create_model(preset, pretrained=True) loads
+
+
+def register_weights(weights: PretrainedWeights, preset_default: bool = False) -> None:
+    """Register shipped weights under ``weights.name`` (``"preset.tag"``) and its aliases;
+    ``preset_default``: what ``create_model(weights.model, pretrained=True)`` loads."""
     for key in (weights.name, *weights.aliases):
         _WEIGHTS[key] = weights
+    if preset_default:
+        _PRETRAINED_DEFAULT[weights.model] = weights.name
 
 
 def list_weights() -> list[str]:
@@ -114,12 +134,12 @@ def resolve_weights(name: str) -> Path:
 
 # Shipped weights. Reproduce with configs/train_default_weights.sh; the model card is in the README.
 register_weights(PretrainedWeights(
-    name="jdnet-lite-synthrain",
+    name="jdnet-lite.synthrain",
     file="jdnet-lite-synthrain.pt",
     sha256="365fcfdf9c0d616ed66b4f2f9cd3a7b8227b89f8b6657a8887b10c98528b3b7c",
     model="jdnet-lite",
     description="jdnet-lite, 1000 + 1200 + 1800 steps (batch 16, 64x64, negative SSIM; each stage fine-tunes the last; "
                 "stage 3 leaves 10 % of the crops dry) on 162 "
                 "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L",
-    aliases=(DEFAULT_WEIGHTS, "jdnet-lite"),
-))
+    aliases=(DEFAULT_WEIGHTS, "jdnet-lite-synthrain"),  # its first name
+), preset_default=True)

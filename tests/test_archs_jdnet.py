@@ -65,6 +65,40 @@ def test_overrides_and_config_validation():
         JDNetConfig(channels=7)
 
 
+@pytest.mark.parametrize("preset", jdnet_plugin.list_models())
+def test_create_model_pretrained_loads_the_presets_shipped_weights(preset):
+    from jdnet_plugin.registry import get_weights
+
+    shipped = sorted({get_weights(w).name for w in jdnet_plugin.list_weights() if get_weights(w).model == preset})
+    if not shipped:
+        with pytest.raises(KeyError, match="unknown weights"):
+            create_model(preset, pretrained=True)
+        return
+    model = create_model(preset, pretrained=True)
+    assert not model.training and model.config == create_model(preset).config
+    default = {k: v for k, v in jdnet_plugin.load_model(f"{model_name(preset)}").state_dict().items()}
+    assert all(torch.equal(v, default[k]) for k, v in model.state_dict().items())
+    for name in shipped:  # every tag by its full name; without pretrained, the same architecture, random weights
+        assert name.startswith(preset + ".")
+        tagged = create_model(name, pretrained=True).state_dict()
+        assert all(torch.equal(v, jdnet_plugin.load_model(name).state_dict()[k]) for k, v in tagged.items())
+        assert create_model(name).config == model.config
+    with pytest.raises(ValueError, match="overrides"):
+        create_model(preset, pretrained=True, units=model.config.units + 1)
+
+
+def model_name(preset: str) -> str:
+    """The weights that ``create_model(preset, pretrained=True)`` loads."""
+    from jdnet_plugin.registry import _PRETRAINED_DEFAULT
+
+    return _PRETRAINED_DEFAULT[preset]
+
+
+def test_earlier_weights_names_still_load():
+    old = jdnet_plugin.load_model("jdnet-lite-synthrain").state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in jdnet_plugin.load_model("jdnet-lite.synthrain").state_dict().items())
+
+
 def test_too_small_or_wrong_input_is_a_clear_error():
     model = create_model("jdnet", **TINY)
     with pytest.raises(ValueError, match="H and W >= 4"):
