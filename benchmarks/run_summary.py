@@ -70,7 +70,7 @@ def summarise(run: Path) -> dict:
                                      for k, v in sorted(windows.items())},
         "validation": [{k: v for k, v in e.items() if k == "step" or k.startswith("val_")}
                        for e in events if "val_psnr" in e],
-        "machine": machine_info(),
+        "machine": starts[-1].get("machine") or f"not logged; summarised on {machine_text(machine_info())}",
     }
 
 
@@ -78,7 +78,7 @@ def markdown(name: str, s: dict) -> str:
     cfg = s["config"] or {}
     lines = [f"# Training run `{name}`", "",
              f"{s['steps_done']} / {s['steps_planned']} steps, {s['wall_min']} min training "
-             f"({s['resumes']} resume(s)), median {s['median_steps_per_s']} steps/s, on {machine_text(s['machine'])}; "
+             f"({s['resumes']} resume(s)), median {s['median_steps_per_s']} steps/s, on {s['machine']}; "
              f"{s['train_size']} training images, {s['params']:,} parameters.", "",
              "config: " + ", ".join(f"{k}={cfg[k]}" for k in ("preset", "synthetic_rain", "clean_fraction",
                                                                "patch_size", "batch_size", "steps", "loss", "lr",

@@ -25,6 +25,7 @@ from jdnet_plugin.checkpoint import load_model, weights_file
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
 from jdnet_plugin.io import read_rgb, write_rgb
+from jdnet_plugin.rain import preset_digest
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
@@ -212,10 +213,11 @@ def transplant_fn(folder: str | os.PathLike, seed: int) -> ImageFn:
 
 
 def rain_id(spec: str) -> dict[str, Any]:
-    """What identifies a rain spec's pixels in a cache key: the spec, and for transplanted rain the benchmark
-    folder's absolute path and fingerprint (its files' names, sizes and times)."""
+    """What identifies a rain spec's pixels in a cache key: the spec with, for a preset, its parameters (an
+    edited preset is another rain), and for transplanted rain the benchmark folder's absolute path and
+    fingerprint (its files' names, sizes and times)."""
     if not str(spec).startswith(TRANSPLANT):
-        return {"rain": spec}
+        return {"rain": spec, "params": preset_digest(spec)}
     folder = Path(str(spec)[len(TRANSPLANT):])
     files = sorted(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
     return {"rain": spec, "rain_dir": str(folder.resolve()), "rain_fingerprint": files_fingerprint(files, folder)}

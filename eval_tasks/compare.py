@@ -71,6 +71,9 @@ def read_reports(specs: Sequence[str]) -> dict[str, dict]:
             reports[name] = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise EvalError(f"{path}: not JSON ({e})") from None
+        missing = {"weights", "weights_file", "weights_sha256", "quick"} - set(reports[name])
+        if missing:
+            raise EvalError(f"{path}: not a generalization.py report (no {', '.join(sorted(missing))})")
         if reports[name].get("quick"):
             print(f"warning: {path} is a --quick report (subsets)", file=sys.stderr)
     return reports
@@ -108,7 +111,13 @@ def render_markdown(c: dict[str, Any]) -> str:
 def draw_sheet(reports: dict[str, dict], shared: Path, out: Path, device: str | None = None) -> list[str]:
     """The real photos as rainy | one column per report's weights; the names drawn."""
     dev = pick_device(device)
-    derains = {n: derain_fn(load_derainer(Path(r["weights_file"]), dev)[0], None) for n, r in reports.items()}
+    derains = {}
+    for n, r in reports.items():
+        model, sha = load_derainer(Path(r["weights_file"]), dev)
+        if sha != r["weights_sha256"]:
+            raise EvalError(f"{r['weights_file']} changed since report {n!r} was made (sha256 {sha[:12]}, the "
+                            f"report's {r['weights_sha256'][:12]}): rerun its report")
+        derains[n] = derain_fn(model, None)
     return real_rainy_sheet(shared / "data" / "real_rainy", REAL_PHOTOS, derains, out / SHEET)
 
 

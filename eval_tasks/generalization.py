@@ -297,7 +297,7 @@ def generalization_report(weights: str, out: Path, shared: Path, *, quick: bool 
         paths, str(wfile), out, cache, limits, device, tile, seed))
     real = _timed(timing, "real_photos", lambda: real_photos_section(paths, model, out, limits, tile))
     timing["total"] = round(time.perf_counter() - start, 2)
-    report = {"weights": str(weights), "weights_file": str(wfile), "weights_sha256": wsha, "quick": quick,
+    report = {"weights": str(weights), "weights_file": str(Path(wfile).resolve()), "weights_sha256": wsha, "quick": quick,
               "seed": seed, "limits": asdict(limits), "shared": str(Path(shared).absolute()),
               "in_distribution": in_dist, "held_out": held_out, "detection": detection,
               "segmentation": segmentation, "real_photos": real, "machine": machine,

@@ -12,7 +12,7 @@ import torch
 from jdnet_plugin.rain import (PRESETS, Camera, Haze, Mixture, NoiseStreaks, RainParams, StreakImages,
                                StreakImagesNotFound, StreakLayer, add_rain, add_rain_pair, draw_params,
                                list_rain_presets, make_generator, noise_streaks)
-from jdnet_plugin.rain.sources import STREAKS_ENV, image_streaks, streak_image_files
+from jdnet_plugin.rain.sources import STREAKS_ENV, image_streaks
 
 
 def _scene(h: int = 96, w: int = 96, seed: int = 0) -> torch.Tensor:
@@ -33,10 +33,8 @@ def streak_dir(tmp_path, monkeypatch):
     img[:, ::7] = 200
     for i in range(2):
         cv2.imwrite(str(tmp_path / f"{i}-4.png"), np.roll(img, 3 * i, axis=1))
-    monkeypatch.setenv(STREAKS_ENV, str(tmp_path))
-    streak_image_files.cache_clear()
-    yield tmp_path
-    streak_image_files.cache_clear()
+    monkeypatch.setenv(STREAKS_ENV, str(tmp_path))  # read at each call
+    return tmp_path
 
 
 @pytest.mark.parametrize("preset", list_rain_presets())
@@ -129,3 +127,18 @@ def test_broad_covers_all_sources(streak_dir):
     drawn = [PRESETS["broad"].draw(g) for _ in range(200)]
     assert any(p.noise_layers for p in drawn) and any(p.image_layers for p in drawn)
     assert any(p.camera for p in drawn) and any(p.haze for p in drawn) and any(p.layers for p in drawn)
+
+
+def test_missing_streak_images_fail_before_any_work(tmp_path, monkeypatch):
+    from jdnet_plugin.data import DatasetError, make_dataset
+    from jdnet_plugin.rain import check_rain_sources
+    from jdnet_plugin.rain.sources import StreakImagesNotFound
+
+    monkeypatch.setenv(STREAKS_ENV, str(tmp_path / "none"))
+    check_rain_sources("light")  # line kernels only: needs nothing
+    for preset in ("garg-nayar", "broad"):  # broad: through its mixture's choices
+        with pytest.raises(StreakImagesNotFound, match="none"):
+            check_rain_sources(preset)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match="streak images"):
+        make_dataset(tmp_path, patch_size=8, synthetic_rain="broad")

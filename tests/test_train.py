@@ -78,6 +78,7 @@ def test_cli_trains_writes_everything_and_loads(data, tmp_path, capsys):
     assert cfg["data"] == [str(data.resolve())]
 
     records = _log(out)
+    assert records[0]["event"] == "start" and f"{os.cpu_count()} CPUs" in records[0]["machine"]  # what ran it
     train = [r for r in records if "train_loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6] and all(r["steps_per_s"] > 0 for r in train)
     # MultiStepLR x0.1 at 60 % and 80 % of 6 steps (steps 4 and 5)
@@ -187,6 +188,8 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(data, tmp_path, cap
 
 
 def test_a_second_run_on_the_same_out_is_refused(data, tmp_path, capsys):
+    from jdnet_plugin.training.trainer import lock_run_dir
+
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(  # another process running in that folder
@@ -201,7 +204,13 @@ def test_a_second_run_on_the_same_out_is_refused(data, tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+    held = lock_run_dir(out)  # this process's own lock (a notebook's earlier Trainer) is refused too
+    try:
+        assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 2
+    finally:
+        held.close()
     assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 0
+    assert main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 0  # released after each run
 
 
 def _children(pid: int) -> list[int]:

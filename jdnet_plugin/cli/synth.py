@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_rgb, write_rgb
 from ..utils.atomic import atomic_path, atomic_write_text
-from ._common import CLIError, fail
+from ._common import CLIError, run_cli
 
 __all__ = ["main", "build_parser", "plan", "file_seed", "rewrite_dataset_yaml", "DEFAULT_KEEP"]
 
@@ -215,12 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ..rain.params import resolve_preset
+    from ..rain import check_rain_sources
 
-    try:
-        resolve_preset(args.preset)
-    except KeyError as e:
-        raise CLIError(e.args[0]) from None
+    check_rain_sources(args.preset)  # an unknown preset or missing streak images: before any file is written
     if args.scale != "auto":
         try:
             ok = float(args.scale) > 0
@@ -289,15 +286,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run_resumable(args: argparse.Namespace) -> int:
     try:
         return run(args)
-    except (CLIError, OSError) as e:
-        return fail(str(e))
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete, rerun to resume", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), _run_resumable, argv, errors=(OSError,))
 
 
 if __name__ == "__main__":

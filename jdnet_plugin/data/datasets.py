@@ -321,12 +321,12 @@ class SyntheticRainDataset(_Base):
         if not 0.0 <= clean_fraction <= 1.0:
             raise DatasetError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
         self.clean_fraction = float(clean_fraction)
-        from ..rain.params import resolve_preset
+        from ..rain import check_rain_sources
 
-        try:
-            resolve_preset(preset)  # an unknown name fails here, not in a DataLoader worker
-        except KeyError as e:
-            raise DatasetError(e.args[0]) from None
+        try:  # an unknown name or missing streak images fail here, not in a DataLoader worker
+            check_rain_sources(preset)
+        except (KeyError, FileNotFoundError) as e:
+            raise DatasetError(str(e)) from None
         self.preset = preset
         self.root = Path(files) if isinstance(files, (str, os.PathLike)) else None
         self.files = _images(self.root) if self.root is not None else [Path(f) for f in files]

@@ -12,7 +12,8 @@ import yaml
 from ..errors import UnknownNameError
 
 __all__ = ["Range", "StreakLayer", "NoiseStreaks", "StreakImages", "Haze", "Camera", "RainParams", "Mixture",
-           "PRESETS", "PRESETS_FILE", "BLENDS", "load_presets", "resolve_preset", "list_rain_presets"]
+           "PRESETS", "PRESETS_FILE", "BLENDS", "load_presets", "resolve_preset", "list_rain_presets",
+           "preset_digest"]
 
 # A number, or a (low, high) pair drawn uniformly for each image (streak group, or drop for brightness).
 Range = Union[float, tuple[float, float]]
@@ -90,7 +91,7 @@ class NoiseStreaks:
     angle: Range = 0.0          # degrees from vertical, per image
     angle_jitter: float = 0.0   # each direction differs from the image's angle by up to this much
     directions: int = 1         # directions, each with its share of the seeds
-    brightness: Range = 0.6     # opacity of the brightest streaks (the 99.5th percentile), per image
+    brightness: Range = 0.6     # opacity of the brightest streaks (the 99th percentile), per image
     gamma: Range = 1.0          # levels gamma (< 1: fuller, brighter streaks), per image
     blur: Range = 0.0           # Gaussian blur sigma of the whole layer (defocus), per image
     p: float = 1.0
@@ -253,7 +254,7 @@ class Mixture:
         if len(set(self.weights)) == 1:  # uniform: the draw the "mixed" preset always made
             i = int(torch.randint(len(self.choices), (1,), generator=generator, device=generator.device))
         else:
-            w = torch.tensor(self.weights, dtype=torch.float64)
+            w = torch.tensor(self.weights, dtype=torch.float64, device=generator.device)
             i = int(torch.multinomial(w, 1, generator=generator))
         return resolve_preset(self.choices[i]).draw(generator)
 
@@ -318,3 +319,12 @@ def resolve_preset(preset: "str | RainParams | Mixture") -> "RainParams | Mixtur
         if name not in PRESETS:
             raise UnknownNameError(f"rain preset {preset!r} mixes {name!r}, which is not a preset")
     return PRESETS[preset]
+
+
+def preset_digest(preset: "str | RainParams | Mixture") -> str:
+    """A short hash of a preset's parameters (a mixture's choices included): an edited preset gets another."""
+    import hashlib
+
+    p = resolve_preset(preset)
+    text = "\n".join([repr(p), *(repr(resolve_preset(c)) for c in getattr(p, "choices", ()))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

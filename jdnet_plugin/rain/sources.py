@@ -52,7 +52,7 @@ def _levels(x: torch.Tensor, brightness: float, gamma: float) -> torch.Tensor:
     """Levels: the median (overlapping blur, the background) goes to black, the bright streaks (the 99th
     percentile) reach ``brightness``, gamma between."""
     sample = x.flatten()[:: max(1, x.numel() // 200_000)].float()
-    black, white = (float(v) for v in torch.quantile(sample, torch.tensor([0.5, 0.99])))
+    black, white = (float(v) for v in torch.quantile(sample, torch.tensor([0.5, 0.99], device=sample.device)))
     if white <= black:
         return torch.zeros_like(x)
     return ((x - black) / (white - black)).clamp(0, 1).pow(gamma).mul(brightness)
@@ -85,12 +85,16 @@ def _streaks_root(root: str | None) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=8)
 def streak_image_files(root: str | None = None) -> tuple[Path, ...]:
-    """The streak images of ``root`` (see :class:`StreakImages`), sorted; an error naming the folder if none."""
+    """The streak images of ``root`` (see :class:`StreakImages`), sorted; an error naming the folder if none.
+    The environment variable is read at each call; a folder's listing is read once."""
+    return _listing(_streaks_root(root))
+
+
+@functools.lru_cache(maxsize=8)
+def _listing(path: Path) -> tuple[Path, ...]:
     from ..io import list_images
 
-    path = _streaks_root(root)
     files = tuple(sorted(list_images(path, recursive=False)))
     if not files:
         raise StreakImagesNotFound(f"streak images: {path} holds no images")

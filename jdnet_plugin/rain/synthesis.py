@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sources import draw_value, gaussian_transfer
+from .sources import draw_value, gaussian_transfer, streak_image_files
 
 from .params import Camera, Haze, RainParams, Range, StreakLayer, resolve_preset
 
-__all__ = ["add_rain", "add_rain_pair", "draw_params", "make_generator", "rain_layer"]
+__all__ = ["add_rain", "add_rain_pair", "draw_params", "make_generator", "rain_layer", "check_rain_sources"]
 
 ImageT = TypeVar("ImageT", torch.Tensor, np.ndarray)
 
@@ -249,3 +249,14 @@ def add_rain(image: ImageT, preset: "str | RainParams" = "light", seed: int | No
     else:
         raise TypeError(f"add_rain expects float or uint8 pixels, got {image.dtype}")
     return y if image.ndim == 4 else y[0]
+
+
+def check_rain_sources(preset: "str | RainParams", _seen: frozenset = frozenset()) -> None:
+    """Fail now, naming the folder, when a preset (a mixture's choices included) needs streak images that are
+    not there, rather than in the middle of training or a batch job."""
+    p = resolve_preset(preset)
+    for choice in getattr(p, "choices", ()):
+        if choice not in _seen:
+            check_rain_sources(choice, _seen | {choice})
+    for layer in getattr(p, "image_layers", ()):
+        streak_image_files(layer.root)

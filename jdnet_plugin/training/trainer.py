@@ -124,13 +124,49 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
         os.setpgrp()
 
 
-def lock_run_dir(out: Path):
-    """An exclusive lock on ``out/.lock``, held while the returned file stays open: two runs writing into one
+def _machine(device: torch.device) -> str:
+    """What the run's speed depends on, for its log: the CPU model (and the GPU, on one)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs)"
+    return f"{torch.cuda.get_device_name(device)}; {cpu}" if device.type == "cuda" else cpu
+
+
+_LOCKED: set[Path] = set()  # run folders locked by this process (a POSIX lock does not exclude its owner)
+
+
+class _RunLock:
+    """An open, locked ``.lock`` file; ``close()`` (or the end of the process) releases it."""
+
+    def __init__(self, f, key: Path) -> None:
+        self._f, self._key = f, key
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+            _LOCKED.discard(self._key)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def lock_run_dir(out: Path) -> _RunLock:
+    """An exclusive lock on ``out/.lock``, held until the returned lock is closed: two runs writing into one
     folder would corrupt each other's resume. A POSIX record lock (``lockf``) belongs to this process alone:
     the OS drops it when the process ends (SIGKILL included) even while DataLoader workers forked from it,
-    which share the open file, are still shutting down, so a restart right after a kill resumes."""
+    which share the open file, are still shutting down, so a restart right after a kill resumes. Within one
+    process a set of locked folders does what the OS lock cannot."""
     import fcntl
 
+    key = Path(out).resolve()
+    busy = ConfigError(f"{out} is in use by another training run (it holds {out / '.lock'}); "
+                       "wait for it to finish or choose another --out")
+    if key in _LOCKED:
+        raise busy
     f = open(out / ".lock", "a+")
     try:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,9 +174,9 @@ def lock_run_dir(out: Path):
         f.close()
         if e.errno not in (errno.EAGAIN, errno.EACCES):
             raise
-        raise ConfigError(f"{out} is in use by another training run (it holds {out / '.lock'}); "
-                          "wait for it to finish or choose another --out") from None
-    return f
+        raise busy from None
+    _LOCKED.add(key)
+    return _RunLock(f, key)
 
 
 class Trainer:
@@ -356,6 +392,9 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
             cleanup_distributed()
+            if getattr(self, "_lock", None) is not None:  # the run is over: the folder is free again
+                self._lock.close()
+                self._lock, self._ready = None, False
 
     def _fit(self) -> TrainResult:
         cfg, d, start = self.cfg, self.dist, self.start_step
@@ -367,7 +406,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         log.write({"event": "resume" if start else "start", "step": start, "steps": steps,
                    "world_size": d.world_size, "device": str(self.device), "train_size": len(self.train_set),
-                   "params": sum(p.numel() for p in self.model.parameters())})
+                   "params": sum(p.numel() for p in self.model.parameters()), "machine": _machine(self.device)})
         bar = None
         if d.is_main and cfg["progress"]:
             from tqdm.auto import tqdm
