@@ -54,6 +54,12 @@ def cli_main(run: Callable[[argparse.Namespace], int], parser: argparse.Argument
     return run_cli(parser, run, argv, errors=(EvalError,))
 
 
+def check_limit(limit: int | None) -> None:
+    """An image limit (``--max-images``) is None/0 (all images) or positive."""
+    if limit is not None and limit < 0:
+        raise EvalError(f"image limit must be positive, got {limit}")
+
+
 def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> None:
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="deraining checkpoint or registered weights name (default: %(default)s)")

@@ -35,7 +35,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
+from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
                                rain_id, rain_label, recovered_fraction, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -224,10 +224,9 @@ def _model_names(yolo) -> dict[int, str] | None:
 
 def limit_dataset(ds: YoloDataset, limit: int | None) -> YoloDataset:
     """The first ``limit`` images of ``ds`` (with their labels); ``ds`` itself when ``limit`` is None or 0."""
+    check_limit(limit)
     if not limit or limit >= len(ds.images):
         return ds
-    if limit < 0:
-        raise EvalError(f"image limit must be positive, got {limit}")
     from ultralytics.data.utils import img2label_paths
 
     images = ds.images[:limit]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from eval_tasks.common import (EvalError, add_common_args, cached_copy, cli_main, derain_fn, digest,
+from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
                                files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
                                rain_id, rain_label, recovered_fraction, sha256_file)
 from jdnet_plugin.io import ImageReadError, read_image
@@ -338,6 +338,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     out, torch_device = Path(out).absolute(), pick_device(device)
     cache = Path(cache or out / "cache").absolute()
     images, masks, missing = pair_masks(Path(images_dir), Path(masks_dir))
+    check_limit(limit)
     images, masks = (images[:limit], masks[:limit]) if limit else (images, masks)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
     lut, names = _class_setup(class_map, class_names, num_classes, ignore_index)

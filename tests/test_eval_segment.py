@@ -240,3 +240,5 @@ def test_transplanted_rain(tmp_path, weights, capsys):
     assert json.loads((tmp_path / "o2" / "report.json").read_text())["copies"]["rainy"] != str(rainy)
     rc, _, err = run([*base, "--rain", f"transplant:{tmp_path / 'nobench'}", "--out", tmp_path / "o3"], capsys)
     assert rc == 2 and "nobench" in err
+    rc, _, err = run([*base, "--rain", spec, "--out", tmp_path / "o4", "--max-images", -1], capsys)
+    assert rc == 2 and "image limit must be positive" in err  # not the last image silently dropped
