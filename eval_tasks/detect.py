@@ -311,9 +311,8 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- footage mode
 def _iter_frames(source: str, max_frames: int | None) -> tuple[Iterator[tuple[str, np.ndarray]], float, int | None]:
     """``(frames as (name, RGB uint8), fps, count or None)`` of a video file, image folder or stream."""
-    import cv2
-
     from jdnet_plugin.io import list_images, read_rgb
+    from jdnet_plugin.video import is_stream, read_frames, video_info
 
     path = Path(source)
     limit = max_frames if max_frames and max_frames > 0 else None
@@ -328,31 +327,12 @@ def _iter_frames(source: str, max_frames: int | None) -> tuple[Iterator[tuple[st
                 yield f.name, read_rgb(f)
 
         return gen_files(), 10.0, len(files)
-    is_stream = source.isdigit() or "://" in source
-    if not is_stream and not path.is_file():
+    if not is_stream(source) and not path.is_file():
         raise FileNotFoundError(f"footage {source} not found")
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not cap.isOpened():
-        raise EvalError(f"{source}: cannot open as a video or stream")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_stream else 0
-    count = (min(n, limit) if limit else n) if n > 0 else limit
-
-    def gen_video():
-        i = 0
-        try:
-            while limit is None or i < limit:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                yield f"{i:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                i += 1
-        finally:
-            cap.release()
-        if i == 0:
-            raise EvalError(f"{source}: no frames could be read")
-
-    return gen_video(), float(fps), count
+    info = video_info(source)
+    count = (min(info.frames, limit) if limit else info.frames) if info.frames > 0 else limit
+    frames = ((f"{i:06d}", rgb) for i, rgb in enumerate(read_frames(source, limit)))
+    return frames, info.fps or 10.0, count
 
 
 def _detect(yolo, rgb: np.ndarray, args: argparse.Namespace):
@@ -533,7 +513,7 @@ def evaluate_footage(args: argparse.Namespace) -> int:
         "config": {"mode": "footage", "source": str(args.source), "model": str(args.model),
                    "weights": str(args.weights), "weights_sha256": wsha, "add_rain": args.add_rain,
                    "rain_scale": args.rain_scale, "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf,
-                   "frames": len(stems),
+                   "frames": len(stems), "fps": fps,
                    "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
         "frames_cache": str(folder),
         "frames_reused": reused,

@@ -11,7 +11,7 @@ import numpy as np
 
 from .utils.atomic import atomic_path
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoReadError", "VideoInfo", "video_info", "read_frames", "VideoWriter"]
+__all__ = ["VIDEO_EXTENSIONS", "VideoReadError", "VideoInfo", "is_stream", "video_info", "read_frames", "VideoWriter"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 # Codecs every OpenCV build with FFmpeg can write into each container.
@@ -30,37 +30,43 @@ class VideoInfo:
     frames: int  # as the container reports it; may be approximate
 
 
-def _open(path: Path) -> cv2.VideoCapture:
-    if not path.is_file():
-        raise VideoReadError(f"{path}: no such file")
-    cap = cv2.VideoCapture(str(path))
+def is_stream(source: str | os.PathLike | int) -> bool:
+    """A camera index (``0``) or a URL (``rtsp://...``) rather than a file."""
+    text = str(source)
+    return text.isdigit() or "://" in text
+
+
+def _open(source: str | os.PathLike | int) -> cv2.VideoCapture:
+    text = str(source)
+    if not is_stream(text) and not Path(text).is_file():
+        raise VideoReadError(f"{text}: no such file")
+    cap = cv2.VideoCapture(int(text) if text.isdigit() else text)
     if not cap.isOpened():
-        raise VideoReadError(f"{path}: cannot open video (corrupt or unsupported format)")
+        raise VideoReadError(f"{text}: cannot open video (corrupt or unsupported format, or no such stream)")
     return cap
 
 
-def video_info(path: str | os.PathLike) -> VideoInfo:
-    """Frame rate, size and frame count of a video file."""
-    path = Path(path)
-    cap = _open(path)
+def video_info(source: str | os.PathLike | int) -> VideoInfo:
+    """Frame rate, size and frame count (0 for a stream: unknown) of a video file or stream."""
+    cap = _open(source)
     try:
         info = VideoInfo(fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0), width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                          height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                         frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+                         frames=0 if is_stream(source) else max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
     finally:
         cap.release()
     if info.width <= 0 or info.height <= 0:
-        raise VideoReadError(f"{path}: video has no readable frame size")
+        raise VideoReadError(f"{source}: video has no readable frame size")
     return info
 
 
-def read_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Decode a video to ``(H, W, 3)`` uint8 RGB frames; a file that yields no frame is an error."""
-    path = Path(path)
-    cap = _open(path)
+def read_frames(source: str | os.PathLike | int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode a video file or stream to ``(H, W, 3)`` uint8 RGB frames (the first ``max_frames``); a source
+    that yields no frame is an error."""
+    cap = _open(source)
     n = 0
     try:
-        while True:
+        while max_frames is None or n < max_frames:
             ok, frame = cap.read()
             if not ok:
                 break
@@ -69,7 +75,7 @@ def read_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     finally:
         cap.release()
     if n == 0:
-        raise VideoReadError(f"{path}: no frame could be decoded (corrupt or empty video)")
+        raise VideoReadError(f"{source}: no frame could be decoded (corrupt or empty video)")
 
 
 class VideoWriter:

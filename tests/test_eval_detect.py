@@ -227,3 +227,24 @@ def test_shared_yolov5n_on_coco128(tmp_path, shared_dir, weights, capsys):
     c, r, d = (report[k]["map50_95"] for k in ("clean", "rainy", "derained"))
     assert frac == pytest.approx((d - r) / (c - r)) if c != r else frac is None
     assert report["per_class"]["clean"]
+
+
+def test_footage_mode_video_file(tmp_path, yolo_pt, weights, capsys):
+    from jdnet_plugin.video import VideoWriter
+
+    rng = np.random.default_rng(2)
+    clip = tmp_path / "clip.avi"
+    with VideoWriter(clip, fps=12, size=(64, 48)) as w:
+        for _ in range(5):
+            w.write((rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    out = tmp_path / "out"
+    argv = ["--source", clip, "--model", yolo_pt, "--weights", weights, "--out", out, "--max-frames", 4,
+            "--imgsz", 64, "--conf", 0.001]
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["frames"] == 4 and report["config"]["fps"] == pytest.approx(12, abs=0.5)
+    assert len((out / "frames.csv").read_text().splitlines()) == 5
+    (tmp_path / "broken.avi").write_bytes(b"not a video")
+    rc, _, err = run(["--source", tmp_path / "broken.avi", *argv[2:]], capsys)
+    assert rc == 2 and err.startswith("error:") and "broken.avi" in err

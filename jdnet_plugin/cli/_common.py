@@ -67,8 +67,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data import DatasetError
     from ..io import ImageReadError
     from ..training.config import ConfigError
+    from ..video import VideoReadError
 
-    return (CLIError, ConfigError, DatasetError, CheckpointError, ImageReadError, UnknownNameError,
+    return (CLIError, ConfigError, DatasetError, CheckpointError, ImageReadError, VideoReadError, UnknownNameError,
             FileNotFoundError, NotADirectoryError)
 
 
