@@ -20,4 +20,7 @@ fi
   --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-broad" --no-progress "$@"
 [ -f "runs/broad-weights-stage2/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/broad-weights-stage2.yaml \
   --init "$RUN-broad/final.pt" --data "${DATA[@]}" --val "$RUN/val" --out runs/broad-weights-stage2 --no-progress "$@"
-echo "broad weights: runs/broad-weights-stage2/final.pt"
+# The shipped file: the model alone (no optimiser), from stage 2's final.pt (no selection on validation).
+"$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
+  runs/broad-weights-stage2/final.pt "${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}"
+echo "broad weights: ${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt} (sha256 $(sha256sum "${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}" | cut -c1-64))"
