@@ -2,6 +2,7 @@
 images, and the --quick report on a tiny copy of the ../shared layout made here."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -16,6 +17,7 @@ from torch import nn
 from eval_tasks.common import EvalError, rain_fn, rain_id, rain_label, rain_layers, transplant_layer
 from eval_tasks.compare import main as compare_main
 from eval_tasks.generalization import REAL_PHOTOS, SHEET, main
+from jdnet_plugin.rain import PRESETS
 
 CENTERS = (0.15, 0.5, 0.85)
 
@@ -122,7 +124,12 @@ def test_transplant_cache_identity(tmp_path):
     b = make_benchmark(tmp_path / "b" / "bench", [streaks(8, 8, 1)])
     ida, idb = rain_id(f"transplant:{a}"), rain_id(f"transplant:{b}")
     assert ida != idb and ida["rain_fingerprint"] != idb["rain_fingerprint"]
-    assert rain_id("light") == {"rain": "light"}
+    light = rain_id("light")
+    assert light["rain"] == "light" and light == rain_id("light") and light["params"] != rain_id("heavy")["params"]
+    edited = dataclasses.replace(PRESETS["light"], blend="add" if PRESETS["light"].blend != "add" else "screen")
+    with pytest.MonkeyPatch.context() as mp:  # an edited preset of the same name is another rain
+        mp.setitem(PRESETS, "light", edited)
+        assert rain_id("light")["params"] != light["params"]
     assert rain_label(f"transplant:{a}") == "transplant-bench" and "/" not in rain_label(f"transplant:{a}")
 
 

@@ -306,6 +306,7 @@ def test_init_fine_tunes_from_given_weights_and_refuses_another_architecture(dat
     (first / "final.pt").rename(first / "moved.pt")
     assert main(["--data", str(data), "--out", str(out), "--steps", "1", "--lr", "1e-12",
                  "--init", str(first / "final.pt"), *TINY]) == 0
+    assert "resumed from 1" in capsys.readouterr().err
     (first / "moved.pt").rename(first / "final.pt")
     assert main(["--data", str(data), "--out", str(tmp_path / "other"), "--steps", "1",
                  "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 2
