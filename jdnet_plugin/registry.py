@@ -143,3 +143,12 @@ register_weights(PretrainedWeights(
                 "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L",
     aliases=(DEFAULT_WEIGHTS, "jdnet-lite-synthrain"),  # its first name
 ), preset_default=True)
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain",
+    file="jdnet-lite-broadrain.pt",
+    sha256="b24b575c3b0d134999e29e2998bba698f64628dbe4c0d3808320a332c4b1559b",
+    model="jdnet-lite",
+    description="jdnet-lite, 1500 steps from scratch (batch 12, 96x96) + 1600 fine-tuning steps (batch 8, 128x128), "
+                "negative SSIM, 10 % dry crops, on the 548 clean photos of ../shared/data/clean but Kodak24 with "
+                "the broad rain (every source of jdnet_plugin.rain); no benchmark image (configs/train_broad_weights.sh)",
+))
