@@ -132,7 +132,7 @@ def resolve_weights(name: str) -> Path:
     return path
 
 
-# Shipped weights. Reproduce with configs/train_default_weights.sh; the model card is in the README.
+# Shipped weights; their model cards are in the README. The previous default: configs/train_default_weights.sh.
 register_weights(PretrainedWeights(
     name="jdnet-lite.synthrain",
     file="jdnet-lite-synthrain.pt",
@@ -140,9 +140,10 @@ register_weights(PretrainedWeights(
     model="jdnet-lite",
     description="jdnet-lite, 1000 + 1200 + 1800 steps (batch 16, 64x64, negative SSIM; each stage fine-tunes the last; "
                 "stage 3 leaves 10 % of the crops dry) on 162 "
-                "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L",
-    aliases=(DEFAULT_WEIGHTS, "jdnet-lite-synthrain"),  # its first name
-), preset_default=True)
+                "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L's rain, but 24 "
+                "of those photos were Rain100L test backgrounds",
+    aliases=("jdnet-lite-synthrain",),  # its first name; the default until 2026-12-05
+))
 register_weights(PretrainedWeights(
     name="jdnet-lite.broadrain",
     file="jdnet-lite-broadrain.pt",
@@ -151,4 +152,5 @@ register_weights(PretrainedWeights(
     description="jdnet-lite, 1500 steps from scratch (batch 12, 96x96) + 1600 fine-tuning steps (batch 8, 128x128), "
                 "negative SSIM, 10 % dry crops, on the 548 clean photos of ../shared/data/clean but Kodak24 with "
                 "the broad rain (every source of jdnet_plugin.rain); no benchmark image (configs/train_broad_weights.sh)",
-))
+    aliases=(DEFAULT_WEIGHTS,),
+), preset_default=True)
