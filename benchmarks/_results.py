@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -23,13 +22,9 @@ def machine_info() -> dict:
     """The CPU the numbers came from (the development VMs differ: AVX2 on some, AVX-512 on others)."""
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "simd": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count()}
+    from jdnet_plugin.utils.machine import cpu_model
+
+    return {"cpu": cpu_model(), "simd": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count()}
 
 
 def machine_text(info: dict) -> str:

@@ -40,6 +40,7 @@ from eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, der
                                rain_label, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
+from jdnet_plugin.utils.machine import cpu_model
 
 __all__ = ["REAL_PHOTOS", "Limits", "FULL", "QUICK", "SharedPaths", "rainy_pairs", "restoration_section",
            "detection_section", "segmentation_section", "real_rainy_sheet", "generalization_report",
@@ -261,8 +262,8 @@ def real_photos_section(paths: SharedPaths, model: torch.nn.Module, out: Path, l
 
 # ----------------------------------------------------------------------------------------------- report
 def machine_info(device: torch.device) -> dict[str, Any]:
-    info = {"host": platform.node(), "platform": platform.platform(), "processor": platform.processor()
-            or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"host": platform.node(), "platform": platform.platform(), "processor": cpu_model(),
+            "simd": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

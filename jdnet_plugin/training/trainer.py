@@ -34,6 +34,7 @@ from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
 from ..registry import create_model
 from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.machine import describe_machine
 from .config import ConfigError, config_differences, validate_config
 from .distributed import cleanup_distributed, init_distributed, resolve_device
 from .sampler import InfiniteSampler
@@ -122,18 +123,6 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     they exit when it dies), so their own signal handling stays as PyTorch sets it."""
     if hasattr(os, "setpgrp"):
         os.setpgrp()
-
-
-def _machine(device: torch.device) -> str:
-    """What the run's speed depends on, for its log: the CPU model (and the GPU, on one)."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs)"
-    return f"{torch.cuda.get_device_name(device)}; {cpu}" if device.type == "cuda" else cpu
 
 
 _LOCKED: set[Path] = set()  # run folders locked by this process (a POSIX lock does not exclude its owner)
@@ -406,7 +395,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         log.write({"event": "resume" if start else "start", "step": start, "steps": steps,
                    "world_size": d.world_size, "device": str(self.device), "train_size": len(self.train_set),
-                   "params": sum(p.numel() for p in self.model.parameters()), "machine": _machine(self.device)})
+                   "params": sum(p.numel() for p in self.model.parameters()),
+                   "machine": describe_machine(self.device)})
         bar = None
         if d.is_main and cfg["progress"]:
             from tqdm.auto import tqdm
