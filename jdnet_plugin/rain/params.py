@@ -47,6 +47,21 @@ def _check_fields(obj: Any, bounds: dict[str, tuple[float, float]]) -> None:
         raise ValueError(f"{type(obj).__name__}.p must lie in [0, 1], got {obj.p}")
 
 
+def _check_directions(layer: Any) -> None:
+    """``angle_jitter >= 0``; ``directions`` a positive integer (stored as ``int``)."""
+    if layer.angle_jitter < 0:
+        raise ValueError(f"{type(layer).__name__}.angle_jitter must be >= 0, got {layer.angle_jitter}")
+    if int(layer.directions) != layer.directions or layer.directions < 1:
+        raise ValueError(f"{type(layer).__name__}.directions must be a positive integer, got {layer.directions}")
+    object.__setattr__(layer, "directions", int(layer.directions))
+
+
+def _scaled_streaks(layer: Any, factor: float) -> Any:
+    """A streak layer for images ``factor`` times larger: lengths, widths and blur scaled."""
+    return dataclasses.replace(layer, length=_scale(layer.length, factor), width=_scale(layer.width, factor),
+                               blur=_scale(layer.blur, factor))
+
+
 @dataclass(frozen=True)
 class StreakLayer:
     """One layer of rain streaks (one depth plane), drawn as ``directions`` groups of parallel streaks.
@@ -68,15 +83,10 @@ class StreakLayer:
     def __post_init__(self) -> None:
         _check_fields(self, {"density": (0.0, 1.0), "length": (1.0, float("inf")), "width": (0.05, float("inf")), "angle": (-90.0, 90.0),
                              "brightness": (0.0, 1.0), "blur": (0.0, float("inf"))})
-        if self.angle_jitter < 0:
-            raise ValueError("angle_jitter must be >= 0")
-        if int(self.directions) != self.directions or self.directions < 1:
-            raise ValueError(f"directions must be a positive integer, got {self.directions}")
-        object.__setattr__(self, "directions", int(self.directions))
+        _check_directions(self)
 
     def scaled(self, factor: float) -> "StreakLayer":
-        return dataclasses.replace(self, length=_scale(self.length, factor), width=_scale(self.width, factor),
-                                   blur=_scale(self.blur, factor))
+        return _scaled_streaks(self, factor)
 
 
 @dataclass(frozen=True)
@@ -100,13 +110,10 @@ class NoiseStreaks:
         _check_fields(self, {"density": (0.0, 1.0), "length": (1.0, float("inf")), "width": (0.05, float("inf")),
                              "angle": (-90.0, 90.0), "brightness": (0.0, 1.0), "gamma": (0.05, 20.0),
                              "blur": (0.0, float("inf"))})
-        if self.angle_jitter < 0 or int(self.directions) != self.directions or self.directions < 1:
-            raise ValueError("angle_jitter must be >= 0 and directions a positive integer")
-        object.__setattr__(self, "directions", int(self.directions))
+        _check_directions(self)
 
     def scaled(self, factor: float) -> "NoiseStreaks":
-        return dataclasses.replace(self, length=_scale(self.length, factor), width=_scale(self.width, factor),
-                                   blur=_scale(self.blur, factor))
+        return _scaled_streaks(self, factor)
 
 
 @dataclass(frozen=True)

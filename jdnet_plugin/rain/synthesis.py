@@ -42,6 +42,8 @@ def make_generator(seed: int | None = None, generator: torch.Generator | None = 
 
 
 def _draw(r: Range, g: torch.Generator, n: int | None = None) -> torch.Tensor | float:
+    """``n`` draws (or one float) of ``r``. Unlike :func:`draw_value` it draws even for a fixed number, so the
+    line-kernel layers and the veil consume the random stream as they did before ``draw_value`` existed."""
     lo, hi = r if isinstance(r, tuple) else (r, r)
     u = torch.rand(n or 1, generator=g, device=g.device).cpu().double()
     v = lo + (hi - lo) * u
