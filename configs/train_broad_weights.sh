@@ -5,22 +5,13 @@
 # Usage: bash configs/train_broad_weights.sh [extra train flags for both stages]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-SHARED=${SHARED:-../shared}
-RUN=${RUN:-runs/rain-comparison}
-CLEAN=$SHARED/data/clean
-DATA=("$CLEAN/BSD300_nontest" "$CLEAN/CBSD68" "$CLEAN/CSet14" "$CLEAN/CSun_Hays80" "$CLEAN/Urban100" "$CLEAN/CamVid_0006R0")
-
-# Validation (monitoring and best.pt): Kodak24, never trained on, with storm rain (the comparison's set).
-if [ ! -d "$RUN/val/norain" ]; then
-  "$PY" -m jdnet_plugin.synth "$CLEAN/Kodak24" --out "$RUN/val/rain" --preset storm --seed 1234 --quiet
-  mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
-fi
+source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
+SHIP=${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}
 [ -f "$RUN-broad/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/rain-comparison-broad.yaml \
   --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-broad" --no-progress "$@"
 [ -f "runs/broad-weights-stage2/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/broad-weights-stage2.yaml \
   --init "$RUN-broad/final.pt" --data "${DATA[@]}" --val "$RUN/val" --out runs/broad-weights-stage2 --no-progress "$@"
 # The shipped file: the model alone (no optimiser), from stage 2's final.pt (no selection on validation).
 "$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
-  runs/broad-weights-stage2/final.pt "${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}"
-echo "broad weights: ${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt} (sha256 $(sha256sum "${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}" | cut -c1-64))"
+  runs/broad-weights-stage2/final.pt "$SHIP"
+echo "broad weights: $SHIP (sha256 $(sha256sum "$SHIP" | cut -c1-64))"

@@ -5,17 +5,7 @@
 # Usage: bash configs/train_rain_comparison.sh [extra train flags for both runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-SHARED=${SHARED:-../shared}
-RUN=${RUN:-runs/rain-comparison}
-CLEAN=$SHARED/data/clean
-DATA=("$CLEAN/BSD300_nontest" "$CLEAN/CBSD68" "$CLEAN/CSet14" "$CLEAN/CSun_Hays80" "$CLEAN/Urban100" "$CLEAN/CamVid_0006R0")
-
-# Validation (monitoring only; the comparison uses final.pt): Kodak24, never trained on, with storm rain.
-if [ ! -d "$RUN/val/norain" ]; then
-  "$PY" -m jdnet_plugin.synth "$CLEAN/Kodak24" --out "$RUN/val/rain" --preset storm --seed 1234 --quiet
-  mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
-fi
+source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
 mkdir -p "$(dirname "$RUN")"
 for rain in mixed broad; do
   [ -f "$RUN-$rain/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/rain-comparison-$rain.yaml" \
