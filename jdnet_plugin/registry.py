@@ -147,7 +147,7 @@ register_weights(PretrainedWeights(
 register_weights(PretrainedWeights(
     name="jdnet-lite.broadrain",
     file="jdnet-lite-broadrain.pt",
-    sha256="b24b575c3b0d134999e29e2998bba698f64628dbe4c0d3808320a332c4b1559b",
+    sha256="4e9b5059bb5b49917559ad649d7efe9715f57933416bd0de67df4bc2f5c6c394",
     model="jdnet-lite",
     description="jdnet-lite, 1500 steps from scratch (batch 12, 96x96) + 1600 fine-tuning steps (batch 8, 128x128), "
                 "negative SSIM, 10 % dry crops, on the 548 clean photos of ../shared/data/clean but Kodak24 with "

@@ -54,6 +54,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file. Saved through an open file, the archive's inner folder is
+    ``archive`` rather than the temporary file's random name, so the same object gives the same bytes."""
     import torch
 
-    return _write_with(path, lambda p: torch.save(obj, p))
+    def save(p: Path) -> None:
+        with open(p, "wb") as f:
+            torch.save(obj, f)
+
+    return _write_with(path, save)
