@@ -24,6 +24,7 @@ from tqdm import tqdm
 from jdnet_plugin.checkpoint import load_model, weights_file
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
+from jdnet_plugin.gate import GateStats, gate_threshold
 from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.rain import preset_digest
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
@@ -31,7 +32,8 @@ from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
            "load_derainer", "rain_fn", "transplant_fn", "transplant_layer", "rain_layers",
-           "rain_id", "rain_label", "TRANSPLANT", "derain_fn", "cached_copy",
+           "rain_id", "rain_label", "TRANSPLANT", "derain_fn", "cached_copy", "GATE_FILE", "gated_copies",
+           "read_gate_file", "resolve_gate_arg", "gate_report",
            "map_image_tree", "recovered_fraction", "write_report", "finish_report", "markdown_table", "plot_metrics",
            "to_jsonable"]
 
@@ -40,7 +42,7 @@ MARKER = ".complete.json"
 TRANSPLANT = "transplant:"  # rain spec prefix: benchmark rain of a paired folder put on the images
 JPEG_QUALITY = 95  # derived copies keep the source's file names and formats; JPEG quality as jdnet_plugin.synth
 
-ImageFn = Callable[[np.ndarray, str], np.ndarray]
+ImageFn = Callable[[np.ndarray, str], np.ndarray | None]  # None: the image unchanged
 
 
 class EvalError(ValueError):
@@ -73,6 +75,9 @@ def add_common_args(p: argparse.ArgumentParser, rain_required: bool = True) -> N
     p.add_argument("--seed", type=int, default=0, help="rain seed (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--tile", type=int, default=None, help="derain in tiles of this size (big images)")
+    p.add_argument("--gate", default=None, metavar="auto|T",
+                   help="also evaluate with the rain gate (jdnet_plugin.gate): derained copies in which images "
+                        "scoring below T ('auto': the calibrated threshold) are left as they are")
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -236,14 +241,63 @@ def rain_label(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(spec))
 
 
-def derain_fn(model: torch.nn.Module, tile: int | None = None) -> ImageFn:
-    """``fn(rgb, name)``: the image through ``jdnet_plugin.inference.derain`` (on the model's device)."""
+def derain_fn(model: torch.nn.Module, tile: int | None = None, gate: float | None = None,
+              gate_stats: GateStats | None = None) -> ImageFn:
+    """``fn(rgb, name)``: the image through ``jdnet_plugin.inference.derain`` (on the model's device), with the
+    rain gate at threshold ``gate`` when given (``gate_stats`` counts what it passed)."""
     from jdnet_plugin.inference import derain
 
-    def fn(rgb: np.ndarray, key: str) -> np.ndarray:
-        return derain(rgb, model=model, tile=tile)
+    def fn(rgb: np.ndarray, key: str) -> np.ndarray | None:
+        out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=gate_stats)
+        return None if gate is not None and np.array_equal(out, rgb) else out  # None: passed, keep the file
 
     return fn
+
+
+GATE_FILE = "gate.json"  # in a gated copy's folder: {"threshold", "derained", "passed"}
+
+
+def gated_copies(cache: Path, gate: float | None, model: torch.nn.Module, tile: int | None,
+                 sources: Mapping[str, tuple[str, dict, Path]], write: Callable[[Path, Path, Path, ImageFn, str], None]
+                 ) -> dict[str, tuple[Path, bool]]:
+    """Copies derained with the rain gate at threshold ``gate`` (none when it is None), cached as
+    :func:`cached_copy`: ``sources`` is ``{copy: (folder name, cache key, source folder)}``;
+    ``write(src, tmp, final, fn, desc)`` writes the copy of ``src`` through ``fn`` into ``tmp``. Each copy
+    records what the gate derained in ``GATE_FILE``."""
+    out = {}
+    for copy, (name, key, src) in (sources.items() if gate is not None else ()):
+        def build(tmp: Path, final: Path, src: Path = src, copy: str = copy) -> None:
+            stats = GateStats()
+            write(src, tmp, final, derain_fn(model, tile, gate, stats), f"{copy} (gate)")
+            atomic_write_text(tmp / GATE_FILE, json.dumps({"threshold": gate, "derained": stats.derained,
+                                                           "passed": stats.passed}))
+
+        out[copy] = cached_copy(cache, f"{name}-gate{gate:g}", {**key, "gate": gate}, build)
+    return out
+
+
+def read_gate_file(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / GATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gate_report(results: Mapping[str, Mapping[str, Any]], copies: Mapping[str, tuple[Path, bool]],
+                metrics: Sequence[str]) -> dict[str, Any]:
+    """With gated copies: ``{"recovered_fraction_gated": ..., "gate": {copy: {"threshold", "derained",
+    "passed"}}}`` (how many images the gate sent to the derainer in each); ``{}`` without."""
+    if "derained_gated" not in results:
+        return {}
+    fraction, _ = recovered_fraction(results["clean"], results["rainy"], results["derained_gated"], metrics)
+    return {"recovered_fraction_gated": fraction,
+            "gate": {c: read_gate_file(folder) for c, (folder, _) in copies.items() if c.endswith("_gated")}}
+
+
+def resolve_gate_arg(gate: str | float | None) -> float | None:
+    """``--gate`` of the evaluations: None/"off" (no gated copies), "auto" or a threshold."""
+    try:
+        return gate_threshold(gate)
+    except ValueError as e:
+        raise EvalError(f"--gate: {e}") from e
 
 
 def _write_image(path: Path, rgb: np.ndarray) -> None:
@@ -254,19 +308,21 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
 def map_image_tree(files: Sequence[Path], src_root: Path, dst_root: Path, fn: ImageFn | None,
                    desc: str = "images") -> list[Path]:
     """Write ``fn(image, relative name)`` of each of ``files`` (under ``src_root``) to the same relative
-    path under ``dst_root``; ``fn=None`` links the files (copies them where links are not possible)."""
+    path under ``dst_root``; ``fn=None``, or ``fn`` returning None (the image unchanged), links the file
+    (copies it where links are not possible), so that it is not encoded again."""
     out = []
     for f in tqdm(files, desc=desc, unit="img", leave=False, disable=None):
         rel = f.relative_to(src_root)
         dst = dst_root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if fn is None:
+        image = None if fn is None else fn(read_rgb(f), rel.as_posix())
+        if image is None:
             try:
                 os.symlink(f.resolve(), dst)
             except OSError:
                 shutil.copy2(f, dst)
         else:
-            _write_image(dst, fn(read_rgb(f), rel.as_posix()))
+            _write_image(dst, image)
         out.append(dst)
     return out
 
@@ -395,19 +451,30 @@ def finish_report(out: Path, report: dict, title: str, metrics: Sequence[str], c
             per_class: dict | None, extra_md: str = "") -> None:
     """Write report.json, report.md and plot.png to ``out`` and print the table: ``report`` has the copies'
     metric dicts, ``recovered_fraction``, ``notes`` and ``config``; ``per_class`` is ``{copy: {class: value}}``."""
-    copies = [c for c in (*COPIES, "clean_derained") if isinstance(report.get(c), dict) and report[c]]
-    if "clean_derained" in copies:  # what deraining costs on images without rain
-        report["clean_cost"] = {m: report["clean"][m] - report["clean_derained"][m] for m in metrics
-                                if isinstance(report["clean"].get(m), float)
-                                and isinstance(report["clean_derained"].get(m), float)}
+    copies = [c for c in (*COPIES, "clean_derained", "derained_gated", "clean_derained_gated")
+              if isinstance(report.get(c), dict) and report[c]]
+    for suffix in ("", "_gated"):
+        if f"clean_derained{suffix}" in copies:  # what deraining costs on images without rain
+            report[f"clean_cost{suffix}"] = {
+                m: report["clean"][m] - report[f"clean_derained{suffix}"][m] for m in metrics
+                if isinstance(report["clean"].get(m), float)
+                and isinstance(report[f"clean_derained{suffix}"].get(m), float)}
     table = markdown_table(["copy", *metrics], [[c, *(report[c].get(m) for m in metrics)] for c in copies])
     frac = report["recovered_fraction"]
     frac_line = "recovered fraction (derained - rainy) / (clean - rainy): " + ", ".join(
         f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in frac.items())
+    if "recovered_fraction_gated" in report:
+        frac_line += "; with the rain gate (derained_gated): " + ", ".join(
+            f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in report["recovered_fraction_gated"].items())
     md = [f"# {title}: clean vs rainy vs derained", "", table, "", frac_line, ""]
-    if "clean_cost" in report:
-        md.append("cost of deraining on clean images (clean - clean_derained): " + ", ".join(
-            f"{m} {v:+.4f}" for m, v in report["clean_cost"].items()))
+    for suffix in ("", "_gated"):
+        if f"clean_cost{suffix}" in report:
+            md.append(f"cost of deraining on clean images (clean - clean_derained{suffix}): " + ", ".join(
+                f"{m} {v:+.4f}" for m, v in report[f"clean_cost{suffix}"].items()))
+    for copy, g in (report.get("gate") or {}).items():
+        if g:
+            md.append(f"rain gate (threshold {g['threshold']:g}) in {copy}: {g['derained']} images derained, "
+                      f"{g['passed']} passed through")
     md += [f"- note: {n}" for n in report.get("notes", [])]
     if per_class:
         classes = sorted({k for v in per_class.values() for k in v})

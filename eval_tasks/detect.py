@@ -36,8 +36,9 @@ import yaml
 from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                               files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
-                               rain_id, rain_label, recovered_fraction, sha256_file, to_jsonable, TRANSPLANT)
+                               files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
+                               map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
+                               resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["YoloDataset", "read_yolo_dataset", "limit_dataset", "build_detection_copies", "val_metrics",
@@ -167,8 +168,9 @@ def _copy_builder(ds: YoloDataset, fn, src_root: Path, desc: str):
 
 def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, derainer: torch.nn.Module | None,
                            weights_sha: str | None, tile: int | None = None, derain_clean: bool = False,
-                           rain_scale: str = "1") -> dict[str, tuple[Path, bool]]:
-    """``{copy: (folder, reused)}`` for clean (links), rainy, derained (and clean_derained)."""
+                           rain_scale: str = "1", gate: float | None = None) -> dict[str, tuple[Path, bool]]:
+    """``{copy: (folder, reused)}`` for clean (links), rainy, derained (and clean_derained; with a ``gate``
+    threshold also derained_gated, clean_derained_gated)."""
     source = {"yaml": str(ds.yaml_path.resolve()),
               "fingerprint": files_fingerprint([*ds.images, *ds.labels, ds.yaml_path.resolve()], Path("/"))}
     stem = ds.yaml_path.stem
@@ -183,10 +185,15 @@ def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, d
         derain_key = {**rain_key, "weights": weights_sha, "tile": tile}
         out["derained"] = cached_copy(cache, f"{stem}-derained-{label}-s{seed}", derain_key,
                                       _copy_builder(ds, derain_fn(derainer, tile), rainy[0], "derain"))
+        clean_key = {"task": "detect", **source, "weights": weights_sha, "tile": tile}
         if derain_clean:
-            out["clean_derained"] = cached_copy(
-                cache, f"{stem}-clean-derained", {"task": "detect", **source, "weights": weights_sha, "tile": tile},
-                _copy_builder(ds, derain_fn(derainer, tile), ds.root, "derain clean"))
+            out["clean_derained"] = cached_copy(cache, f"{stem}-clean-derained", clean_key,
+                                                _copy_builder(ds, derain_fn(derainer, tile), ds.root, "derain clean"))
+        sources = {"derained_gated": (f"{stem}-derained-{label}-s{seed}", derain_key, rainy[0])}
+        if derain_clean:
+            sources["clean_derained_gated"] = (f"{stem}-clean-derained", clean_key, ds.root)
+        out.update(gated_copies(cache, gate, derainer, tile, sources,
+                                lambda src, tmp, final, fn, desc: _copy_builder(ds, fn, src, desc)(tmp, final)))
     return out
 
 
@@ -266,25 +273,29 @@ def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cac
 def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLike, rain: str, out: Path, *,
                    cache: Path | None = None, seed: int = 0, rain_scale: str = "1", device: str | None = None,
                    tile: int | None = None, imgsz: int = 640, batch: int = 1, workers: int = 0,
-                   derain_clean: bool = False, limit: int | None = None) -> dict[str, Any]:
+                   derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None
+                   ) -> dict[str, Any]:
     """Detection mAP of the clean, rainy and derained copies of the dataset YAML ``data`` (its first ``limit``
     images), with the recovered fraction; writes report.json, report.md and plot.png to ``out`` and returns
-    the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`)."""
+    the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`);
+    ``gate`` ("auto" or a threshold) adds copies derained with the rain gate (see :func:`gate_report`)."""
     out = Path(out).absolute()
     cache = Path(cache or out / "cache").absolute()
     model = str(model)
     _check_model_file(model)
     ds = limit_dataset(read_yolo_dataset(data), limit)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
+    gate = resolve_gate_arg(gate)
     derainer, wsha = load_derainer(weights, pick_device(device))
     yolo = _load_detector(model)
     _check_class_count(yolo, ds, model, data)
-    copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale)
+    copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale, gate)
     results = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers)
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     report = {
         **{c: {m: results[c][m] for m in METRICS} for c in results},
         "recovered_fraction": fraction,
+        **gate_report(results, copies, METRICS),
         "notes": notes,
         "per_class": {c: results[c]["per_class"] for c in results},
         "config": {"mode": "dataset", "data": str(Path(data).resolve()), "model": model,
@@ -304,7 +315,7 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
     detect_dataset(args.data, args.model, args.weights, args.rain, args.out, cache=args.cache, seed=args.seed,
                    rain_scale=args.rain_scale, device=args.device, tile=args.tile, imgsz=args.imgsz,
                    batch=args.batch, workers=args.workers, derain_clean=args.derain_clean,
-                   limit=args.max_images)
+                   limit=args.max_images, gate=args.gate)
     return 0
 
 
@@ -564,6 +575,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.add_rain or args.max_frames:
             raise EvalError("--add-rain and --max-frames are footage-mode options (--source); use --rain with --data")
         return evaluate_dataset(args)
+    if args.gate is not None:
+        raise EvalError("--gate is a dataset-mode option (--data); in footage mode derain with "
+                        "python -m jdnet_plugin.derain --gate auto and pass the result as --source")
     if args.rain or args.max_images:
         raise EvalError("--rain and --max-images are dataset-mode options (--data); footage mode adds rain with "
                         "--add-rain and limits frames with --max-frames")

@@ -31,8 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                               files_fingerprint, finish_report, load_derainer, map_image_tree, pick_device, rain_fn,
-                               rain_id, rain_label, recovered_fraction, sha256_file)
+                               files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
+                               map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
+                               resolve_gate_arg, sha256_file)
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
 
@@ -281,23 +282,31 @@ def _class_setup(class_map: str | None, class_names: str | None, num_classes: in
 
 
 def _segment_copies(images: list[Path], root: Path, source: dict, cache: Path, rain: str, seed: int,
-                    rain_scale: str, derainer: nn.Module, wsha: str, tile: int | None, derain_clean: bool
-                    ) -> dict[str, tuple[Path, bool]]:
-    """``{copy: (folder, reused)}``: clean (the source folder), rainy, derained (and clean_derained)."""
+                    rain_scale: str, derainer: nn.Module, wsha: str, tile: int | None, derain_clean: bool,
+                    gate: float | None = None) -> dict[str, tuple[Path, bool]]:
+    """``{copy: (folder, reused)}``: clean (the source folder), rainy, derained (and clean_derained; with a
+    ``gate`` threshold also derained_gated, clean_derained_gated)."""
     label = rain_label(rain)
     rain_key = {"task": "segment", **source, **rain_id(rain), "seed": seed, "scale": str(rain_scale)}
     rainy, rainy_reused = cached_copy(
         cache, f"{root.name}-rainy-{label}-s{seed}", rain_key,
         lambda tmp, final: map_image_tree(images, root, tmp, rain_fn(rain, seed, rain_scale), f"rain ({label})"))
+    derain_key = {**rain_key, "weights": wsha, "tile": tile}
+    clean_key = {"task": "segment", **source, "weights": wsha, "tile": tile}
     derained = cached_copy(
-        cache, f"{root.name}-derained-{label}-s{seed}", {**rain_key, "weights": wsha, "tile": tile},
+        cache, f"{root.name}-derained-{label}-s{seed}", derain_key,
         lambda tmp, final: map_image_tree([rainy / f.relative_to(root) for f in images], rainy, tmp,
                                           derain_fn(derainer, tile), "derain"))
     copies = {"clean": (root, True), "rainy": (rainy, rainy_reused), "derained": derained}
     if derain_clean:
         copies["clean_derained"] = cached_copy(
-            cache, f"{root.name}-clean-derained", {"task": "segment", **source, "weights": wsha, "tile": tile},
+            cache, f"{root.name}-clean-derained", clean_key,
             lambda tmp, final: map_image_tree(images, root, tmp, derain_fn(derainer, tile), "derain clean"))
+    sources = {"derained_gated": (f"{root.name}-derained-{label}-s{seed}", derain_key, rainy)}
+    if derain_clean:
+        sources["clean_derained_gated"] = (f"{root.name}-clean-derained", clean_key, root)
+    copies.update(gated_copies(cache, gate, derainer, tile, sources, lambda src, tmp, final, fn, desc: map_image_tree(
+        [src / f.relative_to(root) for f in images], src, tmp, fn, desc)))
     return copies
 
 
@@ -331,22 +340,26 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
                     weights: str | Path, rain: str, out: Path, *, class_map: str | None = None,
                     class_names: str | None = None, ignore_index: int | None = None, cache: Path | None = None,
                     seed: int = 0, rain_scale: str = "1", device: str | None = None, tile: int | None = None,
-                    derain_clean: bool = False, limit: int | None = None) -> dict[str, Any]:
+                    derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None
+                    ) -> dict[str, Any]:
     """mIoU of the clean, rainy and derained copies of the (first ``limit``) images with masks, with the recovered
     fraction; writes report.json, report.md and plot.png to ``out`` and returns the report. ``rain`` is a preset
-    or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`)."""
+    or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`); ``gate`` ("auto" or a threshold) adds copies
+    derained with the rain gate."""
     out, torch_device = Path(out).absolute(), pick_device(device)
     cache = Path(cache or out / "cache").absolute()
     images, masks, missing = pair_masks(Path(images_dir), Path(masks_dir))
     check_limit(limit)
     images, masks = (images[:limit], masks[:limit]) if limit else (images, masks)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
+    gate = resolve_gate_arg(gate)
     lut, names = _class_setup(class_map, class_names, num_classes, ignore_index)
     seg = Segmenter(load_segmenter(str(model), torch_device)).to(torch_device)
     derainer, wsha = load_derainer(weights, torch_device)
     root = Path(images_dir).absolute()
     source = {"images": str(root.resolve()), "fingerprint": files_fingerprint(images, root)}
-    copies = _segment_copies(images, root, source, cache, rain, seed, rain_scale, derainer, wsha, tile, derain_clean)
+    copies = _segment_copies(images, root, source, cache, rain, seed, rain_scale, derainer, wsha, tile, derain_clean,
+                             gate)
     key_base = {"model": sha256_file(model) if Path(model).is_file() else str(model),
                 "map": sha256_file(class_map) if class_map else None, "n": num_classes, "ignore": ignore_index,
                 "masks": files_fingerprint(masks, Path(masks_dir).absolute()), "device": str(device)}
@@ -360,6 +373,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     report = {
         **{c: {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]} for c, r in results.items()},
         "recovered_fraction": fraction,
+        **gate_report(results, copies, METRICS),
         "notes": notes,
         "per_class": {c: r["per_class"] for c, r in results.items()},
         "confusion": {c: r["confusion"] for c, r in results.items()},
@@ -382,7 +396,7 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
     segment_dataset(args.images, args.masks, args.model, args.num_classes, args.weights, args.rain, args.out,
                     class_map=args.class_map, class_names=args.class_names, ignore_index=args.ignore_index,
                     cache=args.cache, seed=args.seed, rain_scale=args.rain_scale, device=args.device,
-                    tile=args.tile, derain_clean=args.derain_clean, limit=args.max_images)
+                    tile=args.tile, derain_clean=args.derain_clean, limit=args.max_images, gate=args.gate)
     return 0
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import jdnet_plugin
+from jdnet_plugin.gate import GateSpec, GateStats
 from jdnet_plugin.inference import derain_tensor
 
 __all__ = ["resolve_derainer", "derain_batch", "run_derainer", "model_device", "ordinary"]
@@ -51,7 +52,8 @@ def run_derainer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[..., :h, :w].clamp(0, 1)
 
 
-def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None, gate: GateSpec = None,
+                 gate_stats: GateStats | None = None) -> torch.Tensor:
     """RGB float ``(B, 3, H, W)`` in [0, 1] -> derained, clamped to [0, 1], float32, on ``x``'s device.
 
     ``jdnet_plugin.inference.derain_tensor`` (model's device and dtype, inference mode, tiles for big frames),
@@ -59,7 +61,7 @@ def derain_batch(model: nn.Module, x: torch.Tensor, tile: int | None = None) -> 
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    return ordinary(derain_tensor(model, x.float(), tile=tile).float())
+    return ordinary(derain_tensor(model, x.float(), tile=tile, gate=gate, gate_stats=gate_stats).float())
 
 
 def ordinary(t: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from jdnet_plugin.gate import GateSpec, GateStats, gate_threshold
+from jdnet_plugin.inference import rain_score
+
 from ._weights import WeightsSource, resolve_derainer, run_derainer
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "smp_encoder_info", "smp_preprocessing", "smp_pad_multiple",
@@ -155,12 +158,17 @@ class DerainSegmenter(nn.Module):
 
     ``freeze_derainer=True``: the derainer gets no gradients and stays in eval mode through ``.train()``;
     ``False``: it trains end to end with the segmenter.
+
+    ``gate="auto"`` (or a threshold) passes images without rain to the segmenter as they are
+    (:mod:`jdnet_plugin.gate`); ``gate_stats`` counts them.
     """
 
     def __init__(self, segmenter: nn.Module, weights: WeightsSource = None, model: nn.Module | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 pad_multiple: int | None = None, freeze_derainer: bool = True) -> None:
+                 pad_multiple: int | None = None, freeze_derainer: bool = True, gate: GateSpec = None) -> None:
         super().__init__()
+        self.gate_threshold = gate_threshold(gate)
+        self.gate_stats = GateStats()
         if not isinstance(segmenter, nn.Module):
             raise TypeError(f"segmenter must be an nn.Module, got {type(segmenter).__name__}")
         self.segmenter = segmenter
@@ -187,6 +195,17 @@ class DerainSegmenter(nn.Module):
         return self
 
     def derain(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_threshold is not None:
+            keep = rain_score(self.derainer, x.detach()) >= self.gate_threshold
+            self.gate_stats.update(keep)
+            if not keep.all():
+                out = x.clone()
+                if keep.any():
+                    out[keep] = self._run(x[keep])
+                return out
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.freeze_derainer:
             with torch.no_grad():
                 return run_derainer(self.derainer, x)

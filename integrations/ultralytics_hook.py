@@ -5,9 +5,16 @@ derained copies at their own resolution, before letterboxing; the caller's array
 Boxes and masks are computed on the derained frames, in the same pixel coordinates as the originals, and
 ``Results.orig_img`` holds the derained frame (what the detector saw).
 
+With ``at="input"`` predict derains the network input instead (the frame letterboxed to ``imgsz``, RGB
+float in [0, 1], after ``predictor.preprocess``): fewer pixels when frames are larger than ``imgsz``, the
+detector sees the same derained pixels, and ``Results.orig_img`` stays the original frame.
+
 Val: ``on_val_start`` wraps the validator's ``preprocess`` so every batch (letterboxed to ``imgsz``, RGB
 float in [0, 1]) is derained before the detector; plain ``model.val(data=...)`` then measures on derained
 inputs. Validation inside ``model.train()`` is left alone (training batches are not derained).
+
+``gate="auto"`` (or a threshold) passes frames without rain through untouched (:mod:`jdnet_plugin.gate`);
+:func:`derain_gate_stats` says how many were derained.
 """
 from __future__ import annotations
 
@@ -20,16 +27,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from jdnet_plugin.gate import GateSpec, GateStats, gate_threshold
 from jdnet_plugin.inference import derain
 
 from ._weights import WeightsSource, derain_batch, model_device, resolve_derainer
 from .torchvision_transform import derain_image
 
 __all__ = ["SUPPORTED_ULTRALYTICS", "check_ultralytics", "load_yolo", "attach_derain", "detach_derain",
-           "derain_frames", "is_derain_attached"]
+           "derain_frames", "is_derain_attached", "derain_gate_stats", "DERAIN_AT"]
 
 SUPPORTED_ULTRALYTICS = ((8, 3, 0), (8, 5, 0))  # [low, high), as in pyproject's extra
 _ATTR = "_jdnet_derain"
+DERAIN_AT = ("frame", "input")
 _INSTALL = "pip install 'jdnet-plugin[ultralytics]'"
 
 
@@ -73,12 +82,21 @@ def load_yolo(path: str | os.PathLike, task: str | None = None):
     return YOLO(text, task=task)
 
 
-def derain_frames(frames: Any, model: nn.Module, tile: int | None = None) -> Any:
+def derain_frames(frames: Any, model: nn.Module, tile: int | None = None, gate: GateSpec = None,
+                  gate_stats: GateStats | None = None) -> Any:
     """Derained copies of what Ultralytics' loaders yield: a list of HxWx3 BGR arrays (or HxW / HxWx1
     grayscale) or an RGB float tensor ``(B, 3, H, W)`` in [0, 1]."""
     if isinstance(frames, torch.Tensor):
-        return derain_image(frames, model, tile)
-    return derain(frames, model, bgr=True, tile=tile)
+        return derain_image(frames, model, tile, gate, gate_stats)
+    return derain(frames, model, bgr=True, tile=tile, gate=gate, gate_stats=gate_stats)
+
+
+def unwrap_preprocess(owner) -> Callable:
+    """Undo a wrapper of ``owner.preprocess`` put there by a hook; returns the plain ``preprocess``."""
+    original = getattr(owner.preprocess, "_jdnet_original", None)
+    if original is not None:
+        owner.preprocess = original
+    return owner.preprocess
 
 
 @dataclass
@@ -86,6 +104,9 @@ class _Hook:
     derainer: nn.Module
     tile: int | None
     follow_device: bool
+    gate: GateSpec = None
+    at: str = "frame"
+    gate_stats: GateStats = field(default_factory=GateStats)
     callbacks: dict[str, Callable] = field(default_factory=dict)
 
     def model_on(self, device: torch.device | str | None) -> nn.Module:
@@ -93,46 +114,62 @@ class _Hook:
             self.derainer.to(device)
         return self.derainer
 
+    def derain_input(self, img: torch.Tensor) -> torch.Tensor:
+        """The detector's input batch (letterboxed, RGB, float in [0, 1] or uint8), derained, same dtype."""
+        model, kw = self.model_on(img.device), dict(tile=self.tile, gate=self.gate, gate_stats=self.gate_stats)
+        if img.is_floating_point():
+            return derain_batch(model, img, **kw).to(img.dtype)
+        return derain_image(img, model, **kw)  # a validator that hands on uint8 keeps uint8
+
+    def wrap_preprocess(self, owner, image_of: Callable[[Any], torch.Tensor], replace: Callable) -> None:
+        preprocess = unwrap_preprocess(owner)
+
+        def derain_preprocess(batch: Any) -> Any:
+            batch = preprocess(batch)
+            return replace(batch, self.derain_input(image_of(batch)))
+
+        derain_preprocess._jdnet_original = preprocess
+        owner.preprocess = derain_preprocess
+
+    def on_predict_start(self, predictor) -> None:
+        unwrap_preprocess(predictor)  # a predictor is reused across calls: drop an earlier hook's wrapper
+        if self.at == "input":
+            self.wrap_preprocess(predictor, lambda im: im, lambda im, new: new)
+
     def on_predict_batch_start(self, predictor) -> None:
+        if self.at != "frame":
+            return
         batch = list(predictor.batch)
-        batch[1] = derain_frames(batch[1], self.model_on(getattr(predictor, "device", None)), self.tile)
+        batch[1] = derain_frames(batch[1], self.model_on(getattr(predictor, "device", None)), self.tile,
+                                 self.gate, self.gate_stats)
         predictor.batch = type(predictor.batch)(batch) if isinstance(predictor.batch, tuple) else batch
 
     def on_val_start(self, validator) -> None:
-        if getattr(validator, "training", False):
-            return
-        preprocess = validator.preprocess
-        if getattr(preprocess, "_jdnet_derain", False):
-            return
-
-        def derain_preprocess(batch: dict) -> dict:
-            batch = preprocess(batch)
-            img = batch["img"]
-            model = self.model_on(img.device)
-            if img.is_floating_point():
-                batch["img"] = derain_batch(model, img, self.tile).to(img.dtype)
-            else:  # a validator that hands on uint8 keeps uint8
-                batch["img"] = derain_image(img, model, self.tile)
-            return batch
-
-        derain_preprocess._jdnet_derain = True
-        validator.preprocess = derain_preprocess
+        if not getattr(validator, "training", False):
+            self.wrap_preprocess(validator, lambda b: b["img"], lambda b, new: {**b, "img": new})
 
 
 def attach_derain(yolo_model, weights: WeightsSource = None, model: nn.Module | None = None,
-                  device: str | torch.device | None = None, tile: int | None = None):
+                  device: str | torch.device | None = None, tile: int | None = None, gate: GateSpec = None,
+                  at: str = "frame"):
     """Make ``yolo_model.predict``/``val`` (any task: detect, segment, ...) see derained images.
 
-    ``device=None``: the derainer follows the detector's device. Attaching again replaces the previous
-    derainer. Returns ``yolo_model``.
+    ``device=None``: the derainer follows the detector's device. ``gate``: ``None``/"off", "auto" or a
+    threshold (:mod:`jdnet_plugin.gate`). ``at``: "frame" derains each frame at its own resolution before
+    letterboxing, "input" the letterboxed network input (val always derains the network input). Attaching
+    again replaces the previous derainer. Returns ``yolo_model``.
     """
     check_ultralytics()
     if not hasattr(yolo_model, "add_callback") or not hasattr(yolo_model, "callbacks"):
         raise TypeError(f"attach_derain expects an ultralytics YOLO/Model, got {type(yolo_model).__name__}")
+    if at not in DERAIN_AT:
+        raise ValueError(f"at must be one of {', '.join(DERAIN_AT)}, got {at!r}")
+    gate_threshold(gate)
     derainer = resolve_derainer(weights, model, device).eval()
     detach_derain(yolo_model)
-    hook = _Hook(derainer, tile, follow_device=device is None)
-    hook.callbacks = {"on_predict_batch_start": hook.on_predict_batch_start, "on_val_start": hook.on_val_start}
+    hook = _Hook(derainer, tile, follow_device=device is None, gate=gate, at=at)
+    hook.callbacks = {"on_predict_start": hook.on_predict_start,
+                      "on_predict_batch_start": hook.on_predict_batch_start, "on_val_start": hook.on_val_start}
     for event, fn in hook.callbacks.items():
         # First in line, so that other callbacks (e.g. tracking, saving) see the derained frames.
         yolo_model.callbacks.setdefault(event, []).insert(0, fn)
@@ -149,9 +186,19 @@ def detach_derain(yolo_model) -> bool:
         fns = yolo_model.callbacks.get(event, [])
         if fn in fns:
             fns.remove(fn)
+    if getattr(yolo_model, "predictor", None) is not None:
+        unwrap_preprocess(yolo_model.predictor)
     del yolo_model.__dict__[_ATTR]
     return True
 
 
 def is_derain_attached(yolo_model) -> bool:
     return yolo_model.__dict__.get(_ATTR) is not None
+
+
+def derain_gate_stats(yolo_model) -> GateStats:
+    """How many frames the attached derainer derained and passed through since :func:`attach_derain`."""
+    hook = yolo_model.__dict__.get(_ATTR)
+    if hook is None:
+        raise ValueError("no derainer is attached to this model (attach_derain first)")
+    return hook.gate_stats

@@ -9,7 +9,9 @@
   overlapping ``tile`` x ``tile`` tiles, blended with linear ramps across the overlap (the outermost quarter
   of each overlap, where a tile lacks context, gets weight 0), so the result has no seams and peak memory
   depends on the tile size, not on the image size;
-- the output is clamped to [0, 1] (as it would be when saved) and returned on the input's device.
+- the output is clamped to [0, 1] (as it would be when saved) and returned on the input's device;
+- with ``gate=`` (``"auto"`` or a threshold; see :mod:`jdnet_plugin.gate`), images whose :func:`rain_score` is
+  below the threshold come back unchanged and only the others go through the model.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
+from .gate import GateSpec, GateStats, crop_boxes, gate_threshold, streak_score
+
+__all__ = ["rain_score", "MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
            "tile_starts", "balanced_tile", "tile_weights", "derain", "get_model"]
 
 # Pixels per forward call (batch x H x W) before tiling: at most 1 MP, fewer where the model's working memory
@@ -139,22 +143,34 @@ def _forward(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None) ->
 
 def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None, overlap: int = OVERLAP,
                   batch_size: int = 4, dtype: torch.dtype | str | None = None,
-                  max_pixels: int | None = None) -> torch.Tensor:
+                  max_pixels: int | None = None, gate: GateSpec = None,
+                  gate_stats: GateStats | None = None) -> torch.Tensor:
     """Derain ``(B, 3, H, W)`` (or ``(3, H, W)``) float RGB in [0, 1]; see the module docstring.
 
     ``tile``: tile side (default: only when an image exceeds ``max_pixels``, then the largest square tile
     within it); ``overlap``: pixels shared by neighbouring tiles; ``batch_size``: images or tiles per forward
     call (also bounded by ``max_pixels``, default :func:`default_max_pixels`); ``dtype``: "float32",
-    "bfloat16" or "float16" (autocast).
+    "bfloat16" or "float16" (autocast); ``gate``: ``None``/"off", "auto" or a threshold (images scoring below
+    it are passed through; ``gate_stats`` counts them).
     Returns float32 (float64 for float64 input), clamped to [0, 1], on ``x``'s device.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"derain_tensor expects a float tensor in [0, 1], got {getattr(x, 'dtype', type(x))}")
     if x.dim() == 3:
         return derain_tensor(model, x[None], tile=tile, overlap=overlap, batch_size=batch_size, dtype=dtype,
-                             max_pixels=max_pixels)[0]
+                             max_pixels=max_pixels, gate=gate, gate_stats=gate_stats)[0]
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    threshold = gate_threshold(gate)
+    if threshold is not None:
+        keep = rain_score(model, x, dtype=dtype) >= threshold
+        if gate_stats is not None:
+            gate_stats.update(keep)
+        out = x.clamp(0, 1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        if keep.any():
+            out[keep] = derain_tensor(model, x[keep], tile=tile, overlap=overlap, batch_size=batch_size,
+                                      dtype=dtype, max_pixels=max_pixels)
+        return out
     if max_pixels is None:
         max_pixels = default_max_pixels(model)
     if batch_size < 1 or max_pixels < 1 or overlap < 0:
@@ -184,6 +200,19 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
                          compute=compute, autocast=autocast)
     # Outside inference mode, so that callers get an ordinary tensor (in-place ops and autograd allowed).
     return out.clamp(0, 1).to(out_dtype)
+
+
+def rain_score(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | str | None = None) -> torch.Tensor:
+    """How much rain each image of ``(B, 3, H, W)`` (or ``(3, H, W)``) holds, ``(B,)`` on ``x``'s device: the
+    model's removed layer on a few full-resolution crops, measured by :func:`jdnet_plugin.gate.streak_score`
+    (0 for a clean image, several units for visible rain; ``gate="auto"`` derains from
+    :data:`jdnet_plugin.gate.AUTO_THRESHOLD`)."""
+    if x.dim() == 3:
+        return rain_score(model, x[None], dtype=dtype)[0]
+    boxes = crop_boxes(*x.shape[-2:])
+    crops = torch.stack([x[i, :, y:y + s, x0:x0 + s] for i in range(x.shape[0]) for y, x0, s in boxes]).float()
+    derained = derain_tensor(model, crops, batch_size=len(boxes), dtype=dtype).to(crops.device)
+    return streak_score(crops.clamp(0, 1), derained).view(x.shape[0], len(boxes)).mean(1).to(x.device)
 
 
 def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, align: int, n_max: int, max_pixels: int,
@@ -312,7 +341,7 @@ def derain(image: Any, model: nn.Module | None = None, weights: str | os.PathLik
     uint16 (1 or 4 channels too); a list of any of these gives a list back. Grayscale is derained as RGB and
     converted back with BT.601 luma; alpha is kept unchanged. ``model``: a JDNet (else ``weights``, default
     the "default" weights, loaded once and cached). ``kwargs`` go to :func:`derain_tensor` (tile, overlap,
-    batch_size, dtype, max_pixels).
+    batch_size, dtype, max_pixels, and ``gate="auto"`` to leave images without rain untouched).
     """
     if model is not None and weights is not None:
         raise ValueError("pass either model= or weights=, not both")

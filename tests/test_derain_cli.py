@@ -1,3 +1,8 @@
+"""python -m jdnet_plugin.derain: inputs of every kind, videos, errors, the rain gate and torchrun."""
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 
@@ -113,3 +118,44 @@ def test_missing_default_weights_says_pass_weights(tmp_path, capsys, monkeypatch
     write_image(tmp_path / "x.png", _img(20, 20))
     assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_gate(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    for i in range(3):
+        write_image(src / f"{i}.png", _img(24, 30, seed=i))
+    args = [str(src), "--weights", str(weights), "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "closed"), "--gate", "1e9"]) == 0
+    assert "0 images or frames derained, 3 without rain copied unchanged" in capsys.readouterr().out
+    for i in range(3):  # passed through: the same pixels
+        assert np.array_equal(read_image(tmp_path / "closed" / f"{i}.png"), read_image(src / f"{i}.png"))
+    assert main([*args, "--out", str(tmp_path / "open"), "--gate", "0"]) == 0
+    assert "3 images or frames derained, 0 without" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    for i in range(3):
+        assert np.array_equal(read_image(tmp_path / "open" / f"{i}.png"), read_image(tmp_path / "plain" / f"{i}.png"))
+    assert main([*args, "--out", str(tmp_path / "bad"), "--gate", "sometimes"]) == 2
+    assert "--gate" in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_write_what_one_process_writes(tmp_path, weights):
+    """torchrun --nproc_per_node 2 (gloo, CPU): each rank takes every other input; the files are identical."""
+    src = tmp_path / "in"
+    for i in range(5):
+        write_image(src / ("sub" if i % 2 else "") / f"{i}.png", _img(20 + i, 26, seed=i))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["-m", "jdnet_plugin.derain", str(src), "--weights", str(weights), "--device", "cpu"]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", *common, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert "5 of 5 files derained" in two.stdout and "by 2 processes" in two.stdout
+    assert two.stdout.count("files derained") == 1  # one summary, from rank 0
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(files) == 5
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()

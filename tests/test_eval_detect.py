@@ -248,3 +248,20 @@ def test_footage_mode_video_file(tmp_path, yolo_pt, weights, capsys):
     (tmp_path / "broken.avi").write_bytes(b"not a video")
     rc, _, err = run(["--source", tmp_path / "broken.avi", *argv[2:]], capsys)
     assert rc == 2 and err.startswith("error:") and "broken.avi" in err
+
+
+def test_dataset_mode_gate(tmp_path, yolo_pt, weights, capsys):
+    yaml_path = make_dataset(tmp_path / "ds", n=2)
+    out = tmp_path / "out"
+    rc, _, err = run(["--data", yaml_path, "--model", yolo_pt, "--weights", weights, "--rain", "light", "--out", out,
+                      "--imgsz", 64, "--derain-clean", "--gate", "1e9"], capsys)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["derained_gated"] == report["rainy"] and report["clean_derained_gated"] == report["clean"]
+    assert report["gate"]["derained_gated"] == {"threshold": 1e9, "derained": 0, "passed": 2}
+    rainy = Path(report["copies"]["rainy"]) / "images" / "val" / "im0.jpg"
+    gated = Path(report["copies"]["derained_gated"]) / "images" / "val" / "im0.jpg"
+    assert gated.read_bytes() == rainy.read_bytes()  # passed through: the file itself, not encoded again
+    rc, _, err = run(["--source", tmp_path / "ds" / "images" / "val", "--model", yolo_pt, "--weights", weights,
+                      "--out", tmp_path / "f", "--gate", "auto"], capsys)
+    assert rc == 2 and "--gate is a dataset-mode option" in err

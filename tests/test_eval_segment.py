@@ -242,3 +242,28 @@ def test_transplanted_rain(tmp_path, weights, capsys):
     assert rc == 2 and "nobench" in err
     rc, _, err = run([*base, "--rain", spec, "--out", tmp_path / "o4", "--max-images", -1], capsys)
     assert rc == 2 and "image limit must be positive" in err  # not the last image silently dropped
+
+
+def test_gate_copies(tmp_path, weights, capsys):
+    """--gate adds derained_gated / clean_derained_gated: at 0 every image is derained (as the ungated copies),
+    at a threshold above every score none is (as rainy / clean), and the report says how many."""
+    images, masks = make_dataset(tmp_path / "ds")
+    model = scripted(tmp_path / "seg.torchscript")
+    base = ["--images", images, "--masks", masks, "--model", model, "--num-classes", 3, "--ignore-index", IGNORE,
+            "--rain", "heavy", "--weights", weights, "--seed", 1, "--derain-clean", "--cache", tmp_path / "cache"]
+    reports = {}
+    for gate in ("0", "1e9"):
+        rc, _, err = run([*base, "--out", tmp_path / f"out{gate}", "--gate", gate], capsys)
+        assert rc == 0, err
+        reports[gate] = json.loads((tmp_path / f"out{gate}" / "report.json").read_text())
+    opened, closed = reports["0"], reports["1e9"]
+    assert opened["derained_gated"] == opened["derained"] and opened["clean_derained_gated"] == opened["clean_derained"]
+    assert opened["gate"]["derained_gated"] == {"threshold": 0.0, "derained": 3, "passed": 0}
+    assert closed["derained_gated"] == closed["rainy"] and closed["clean_derained_gated"] == closed["clean"]
+    assert closed["gate"]["clean_derained_gated"] == {"threshold": 1e9, "derained": 0, "passed": 3}
+    assert closed["recovered_fraction_gated"]["miou"] == pytest.approx(0.0)
+    assert closed["clean_cost_gated"]["miou"] == pytest.approx(0.0)
+    assert "rain gate (threshold 1e+09) in derained_gated: 0 images derained, 3 passed through" in \
+        (tmp_path / "out1e9" / "report.md").read_text()
+    rc, _, err = run([*base, "--out", tmp_path / "bad", "--gate", "sometimes"], capsys)
+    assert rc == 2 and "--gate" in err

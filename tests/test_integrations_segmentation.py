@@ -165,3 +165,14 @@ def test_espnet_torchscript_segmenter(shared_dir, tiny):
         direct = espnet(_derained(tiny, x), 0)
     assert out.shape == (1, 20, 70, 45)
     torch.testing.assert_close(out, direct)
+
+
+def test_gate(tiny):
+    x = torch.rand(2, 3, 20, 24)
+    closed = DerainSegmenter(TinySegNet(), model=tiny, pad_multiple=4, gate=1e9).eval()
+    assert torch.equal(closed.derain(x), x) and closed.gate_stats.passed == 2
+    opened = DerainSegmenter(TinySegNet(), model=tiny, pad_multiple=4, gate="0").eval()
+    torch.testing.assert_close(opened.derain(x), _derained(tiny, x))
+    assert opened.gate_stats.derained == 2
+    with pytest.raises(ValueError, match="gate must be"):
+        DerainSegmenter(TinySegNet(), model=tiny, gate=-1)

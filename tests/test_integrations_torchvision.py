@@ -234,3 +234,16 @@ def test_dataloader_workers(transform):
     assert imgs.shape == (4, 3, 12, 12) and imgs.dtype == torch.uint8
     assert torch.equal(imgs, torch.stack([x for x, _ in serial]))
     assert torch.cat([y for _, y in got]).tolist() == [0, 1, 2, 3]
+
+
+def test_gate_passes_images_without_rain_through_and_counts(tiny):
+    x = torch.rand(2, 3, 32, 40)
+    closed = JDNetTransform(model=tiny, gate=1e9)  # no image scores that high
+    assert torch.equal(closed(x), x) and (closed.gate_stats.derained, closed.gate_stats.passed) == (0, 2)
+    img = PIL.Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    assert np.array_equal(np.asarray(closed(img)), np.asarray(img))
+    opened = JDNetTransform(model=tiny, gate=0)  # every score is >= 0
+    torch.testing.assert_close(opened(x), JDNetTransform(model=tiny)(x))
+    assert opened.gate_stats.derained == 2
+    with pytest.raises(ValueError, match="gate must be"):
+        JDNetTransform(model=tiny, gate="sometimes")

@@ -15,7 +15,8 @@ cv2 = pytest.importorskip("cv2")
 
 from integrations import attach_derain, detach_derain, load_yolo  # noqa: E402
 from integrations._weights import derain_batch  # noqa: E402
-from integrations.ultralytics_hook import check_ultralytics, derain_frames, is_derain_attached  # noqa: E402
+from integrations.ultralytics_hook import (check_ultralytics, derain_frames, derain_gate_stats,  # noqa: E402
+                                          is_derain_attached)
 
 IMGSZ = 64
 
@@ -52,6 +53,14 @@ class Spy:
     def take(self) -> list[torch.Tensor]:
         out, self.inputs = self.inputs, []
         return out
+
+
+def _network(yolo, kw) -> torch.nn.Module:
+    """The module predict calls: the predictor's backend (made by a first predict), not ``yolo.model``,
+    which a backend may have copied."""
+    if yolo.predictor is None:
+        yolo.predict(_frames(1)[0], **kw)
+    return yolo.predictor.model
 
 
 def _predict(yolo, source, kw, spy, stream=False):
@@ -120,6 +129,39 @@ def test_hook_changes_input_keeps_caller_array_and_detach_restores(yolo, tiny, k
         spy.handle.remove()
 
 
+def test_derain_at_network_input_and_gate(yolo, tiny, kw):
+    spy = Spy(_network(yolo, kw))
+    try:
+        img = _frames(1, h=96, w=128)[0]
+        plain, (x_plain,) = _predict(yolo, img, kw, spy)
+        attach_derain(yolo, model=tiny, at="input")
+        hooked, (x_hooked,) = _predict(yolo, img, kw, spy)
+        # the detector saw its own letterboxed input, derained; orig_img stays the caller's frame
+        torch.testing.assert_close(x_hooked, derain_batch(tiny, x_plain))
+        assert np.array_equal(hooked[0].orig_img, img)
+        attach_derain(yolo, model=tiny, at="frame")  # re-attaching drops the input wrapper
+        _, (x_frame,) = _predict(yolo, img, kw, spy)
+        detach_derain(yolo)
+        _, (x_manual,) = _predict(yolo, derain_frames([img], tiny)[0], kw, spy)
+        torch.testing.assert_close(x_frame, x_manual)
+        again, (x_again,) = _predict(yolo, img, kw, spy)
+        assert torch.equal(x_again, x_plain)  # detached: the predictor's preprocess is the plain one again
+        for at in ("frame", "input"):
+            attach_derain(yolo, model=tiny, at=at, gate=1e9)  # no frame scores that high: nothing derained
+            _, (x_gated,) = _predict(yolo, img, kw, spy)
+            assert torch.equal(x_gated, x_plain)
+            assert (derain_gate_stats(yolo).derained, derain_gate_stats(yolo).passed) == (0, 1)
+        with pytest.raises(ValueError, match="at must be"):
+            attach_derain(yolo, model=tiny, at="letterbox")
+        with pytest.raises(ValueError, match="gate must be"):
+            attach_derain(yolo, model=tiny, gate="maybe")
+    finally:
+        detach_derain(yolo)
+        spy.handle.remove()
+    with pytest.raises(ValueError, match="no derainer"):
+        derain_gate_stats(yolo)
+
+
 def test_attach_twice_replaces(yolo, tiny):
     other = jdnet_plugin.create_model("jdnet-lite", units=1, scales=1)
     try:
@@ -135,9 +177,10 @@ def test_attach_twice_replaces(yolo, tiny):
 def _check_sources(yolo, tiny, kw, source, n, stream=False, tol=0, module=None):
     """With the hook, each result's orig_img is the derained version of the plain run's frame (``tol`` in
     uint8 levels)."""
-    spy = Spy(module if module is not None else yolo.model)
+    spy = Spy(module if module is not None else _network(yolo, kw))
     try:
         plain, x_plain = _predict(yolo, source, kw, spy, stream)
+        assert len(x_plain) >= 1  # the spy sees the network's inputs
         attach_derain(yolo, model=tiny)
         hooked, x_hooked = _predict(yolo, source, kw, spy, stream)
     finally:

@@ -12,7 +12,8 @@ from ..errors import UnknownNameError
 from ..inference import DTYPES, MAX_PIXELS, OVERLAP
 from ..registry import DEFAULT_WEIGHTS
 
-__all__ = ["CLIError", "add_model_args", "model_from_args", "inference_kwargs", "fail", "error_message", "run_cli"]
+__all__ = ["CLIError", "add_model_args", "device_from_args", "model_from_args", "inference_kwargs", "fail",
+           "error_message", "run_cli"]
 
 
 class CLIError(Exception):
@@ -35,15 +36,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, default=4, metavar="N", help="images, frames or tiles per forward call")
 
 
-def model_from_args(args: argparse.Namespace):
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def device_from_args(args: argparse.Namespace, local_rank: int = 0) -> torch.device:
+    """``--device`` (default: CUDA when available); an unnumbered ``cuda`` is this process's GPU under torchrun."""
     try:
-        device = torch.device(device)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:
         raise CLIError(f"bad --device {args.device!r}: {e}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} asked for, but CUDA is not available here")
-    return load_model(args.weights or DEFAULT_WEIGHTS, device=device)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
+
+
+def model_from_args(args: argparse.Namespace, device: torch.device | None = None):
+    return load_model(args.weights or DEFAULT_WEIGHTS, device=device or device_from_args(args))
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:

@@ -4,28 +4,38 @@ Examples::
 
     python -m jdnet_plugin.derain photo.jpg rainy_folder/ "shots/*.png" clip.mp4 --out derained/ --weights w.pt
     python -m jdnet_plugin.derain big.tif --out out/ --tile 512 --device cuda --dtype bfloat16 --side-by-side
+    python -m jdnet_plugin.derain footage/ --out derained/ --gate auto
+    torchrun --standalone --nproc_per_node 4 -m jdnet_plugin.derain archive/ --out derained/ --device cuda
 
 Outputs keep their names, formats and sizes (``--side-by-side``: input | derained, twice as wide); a folder's
 tree is kept below ``--out``. Grayscale is derained as RGB and written back as grayscale, alpha is kept,
 16-bit images are written as 16-bit. Videos (mp4, avi, mov, mkv) are decoded with OpenCV and re-encoded at
 the source frame rate. Nothing is ever written onto an input; every output is written atomically.
+``--gate auto`` (or a threshold) copies images and frames without rain unchanged (jdnet_plugin.gate) and
+says how many were derained. Under torchrun (also with --nnodes) each rank takes every WORLD_SIZE-th input on
+its own device (cuda:LOCAL_RANK): the files written are those of one process.
 Exit codes: 0 all done, 1 some inputs failed (each reported with its reason), 2 bad command line or weights.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from ..gate import GateStats, gate_threshold
 from ..inference import derain as derain_array
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
 from ..video import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, read_frames, video_info
-from ._common import CLIError, add_model_args, inference_kwargs, model_from_args, run_cli
+from ..training.distributed import DistInfo, cleanup_distributed, init_distributed
+from ._common import CLIError, add_model_args, device_from_args, inference_kwargs, model_from_args, run_cli
 
 __all__ = ["main", "build_parser", "Job", "collect_jobs"]
 
@@ -97,13 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or glob patterns")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--side-by-side", action="store_true", help="write input | derained side by side")
+    p.add_argument("--gate", default="off", metavar="off|auto|T",
+                   help="rain gate: derain only images and frames whose rain score is at least T ('auto': the "
+                        "calibrated threshold); others are written unchanged (default off)")
     add_model_args(p)
     return p
 
 
 class _Runner:
-    def __init__(self, model, kwargs: dict, side_by_side: bool, batch_size: int) -> None:
-        self.model, self.kwargs, self.sbs, self.batch_size = model, kwargs, side_by_side, batch_size
+    def __init__(self, model, kwargs: dict, side_by_side: bool, batch_size: int, show: bool) -> None:
+        self.model, self.kwargs, self.sbs, self.batch_size, self.show = model, kwargs, side_by_side, batch_size, show
         self.failed: list[str] = []
         self.written = 0
 
@@ -135,7 +148,7 @@ class _Runner:
             width = info.width * (2 if self.sbs else 1)
             with VideoWriter(job.dst, info.fps, (width, info.height)) as writer, \
                     tqdm(total=info.frames or None, desc=job.src.name, unit="frame", leave=False,
-                         disable=None) as bar:
+                         disable=None if self.show else True) as bar:
                 chunk: list[np.ndarray] = []
                 for frame in read_frames(job.src):
                     chunk.append(frame)
@@ -154,19 +167,54 @@ class _Runner:
         bar.update(len(chunk))
 
 
+def _launched_ranks() -> tuple[int, int]:
+    """``(LOCAL_RANK, WORLD_SIZE)`` as torchrun sets them; ``(0, 1)`` for a plain process."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as e:
+        raise CLIError(f"bad LOCAL_RANK / WORLD_SIZE in the environment: {e}") from e
+
+
+def _total(dist_info: DistInfo, device: torch.device, counts: list[int]) -> list[int]:
+    """``counts`` summed over the ranks (every rank's own under one process)."""
+    if not dist_info.enabled:
+        return counts
+    t = torch.tensor(counts, dtype=torch.long, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def run(args: argparse.Namespace) -> int:
     kwargs = inference_kwargs(args)
+    try:
+        gate_threshold(args.gate)
+    except ValueError as e:
+        raise CLIError(f"--gate: {e}") from e
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {args.out} exists and is not a folder")
+    local_rank, _ = _launched_ranks()
+    device = device_from_args(args, local_rank)
     jobs, missing = collect_jobs(args.inputs, args.out)
-    for m in missing:
-        print(f"error: {m}", file=sys.stderr)
     if not jobs:
         raise CLIError("nothing to derain: " + ("; ".join(missing) if missing else "no inputs"))
-    model = model_from_args(args)
-    runner = _Runner(model, kwargs, args.side_by_side, args.batch_size)
+    model = model_from_args(args, device)
+    dist_info = init_distributed(device)
+    try:
+        return _run_jobs(args, model, kwargs, jobs[dist_info.rank::dist_info.world_size], missing, dist_info, device)
+    finally:
+        cleanup_distributed()
+
+
+def _run_jobs(args: argparse.Namespace, model, kwargs: dict, jobs: list[Job], missing: list[str],
+              dist_info: DistInfo, device: torch.device) -> int:
+    if dist_info.is_main:
+        for m in missing:
+            print(f"error: {m}", file=sys.stderr)
+    stats = GateStats()
+    runner = _Runner(model, {**kwargs, "gate": args.gate, "gate_stats": stats}, args.side_by_side,
+                     args.batch_size, show=dist_info.is_main)
     group: list[tuple[Job, np.ndarray]] = []
-    for job in tqdm(jobs, desc="derain", unit="file", disable=None):
+    for job in tqdm(jobs, desc="derain", unit="file", disable=None if dist_info.is_main else True):
         if job.is_video:
             runner.video(job)
             continue
@@ -182,10 +230,16 @@ def run(args: argparse.Namespace) -> int:
         group.append((job, img))
     if group:
         runner.images(group)
-    failed = len(runner.failed) + len(missing)
-    print(f"{runner.written} of {len(jobs)} files derained into {args.out}"
-          + (f"; {failed} failed (see the errors above)" if failed else ""))
-    return 1 if failed else 0
+    written, total, failed, derained, passed = _total(dist_info, device, [
+        runner.written, len(jobs), len(runner.failed), stats.derained, stats.passed])
+    failed += len(missing)
+    if dist_info.is_main:
+        ranks = f" by {dist_info.world_size} processes" if dist_info.enabled else ""
+        gate = (f" (rain gate {args.gate}: {derained} images or frames derained, {passed} without rain copied "
+                "unchanged)" if gate_threshold(args.gate) is not None else "")
+        print(f"{written} of {total} files derained into {args.out}{ranks}{gate}"
+              + (f"; {failed} failed (see the errors above)" if failed else ""))
+    return 1 if runner.failed or missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
