@@ -39,6 +39,7 @@ from eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, der
                                load_derainer, map_image_tree, markdown_table, pick_device, rain_fn, rain_id,
                                rain_label, write_report)
 from jdnet_plugin.checkpoint import weights_file
+from jdnet_plugin.metrics import PAIR_METRICS
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
 from jdnet_plugin.utils.machine import cpu_model
 
@@ -53,7 +54,7 @@ SHEET = "real_rainy_sheet.jpg"
 # Fixed real rainy photographs of ../shared/data/real_rainy shown on the sheet (481x321 each).
 REAL_PHOTOS = ("50.png", "2.png", "11.png", "23.png", "62.png", "77.png", "90.png", "101.png")
 SHEET_ROW_HEIGHT = 320
-RESTORE_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+RESTORE_COLUMNS = PAIR_METRICS
 
 
 @dataclass(frozen=True)

@@ -24,51 +24,22 @@ from tqdm import tqdm
 from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, load_derainer, markdown_table,
                                pick_device, sha256_file, to_jsonable, write_report)
 from jdnet_plugin.checkpoint import weights_file
+from jdnet_plugin.metrics import PAIR_METRICS, paired_dataset, score_pairs
 from jdnet_plugin.utils.atomic import atomic_write_text
 
-__all__ = ["COLUMNS", "INPUT", "measure", "dataset_names", "restoration_results", "evaluate_restoration",
+__all__ = ["COLUMNS", "INPUT", "dataset_names", "restoration_results", "evaluate_restoration",
            "build_parser", "main"]
 
-COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+COLUMNS = PAIR_METRICS
 INPUT = "input"
 
 
-def _dataset(path: Path):
-    from jdnet_plugin.data import make_dataset
-
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} not found")
-    ds = make_dataset(path, require_pairs=True)
-    if len(ds) == 0:
-        raise EvalError(f"{path}: no image pairs")
-    if "clean" not in ds[0]:
-        raise EvalError(f"{path}: no clean ground truth for the rainy images")
-    return ds
-
-
-def measure(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """The four numbers of one image pair, ``(3, H, W)`` float in [0, 1]."""
-    from jdnet_plugin.metrics import psnr, ssim
-
-    out = {}
-    for conv in ("y", "rgb"):
-        out[f"psnr_{conv}"] = float(psnr(pred, target, convention=conv))
-        out[f"ssim_{conv}"] = float(ssim(pred, target, convention=conv))
-    return out
-
-
-def _per_image(ds, model: torch.nn.Module | None, device: torch.device, tile: int | None, desc: str,
+def _per_image(ds, model: torch.nn.Module | None, tile: int | None, desc: str,
                limit: int | None) -> dict[str, dict[str, float]]:
-    from jdnet_plugin.inference import derain_tensor
-
     n = len(ds) if not limit else min(limit, len(ds))
-    values = {}
-    for i in tqdm(range(n), desc=desc, unit="img", disable=None):
-        item = ds[i]
-        rain, clean = item["rain"], item["clean"]
-        pred = rain if model is None else derain_tensor(model, rain[None].to(device), tile=tile)[0].cpu()
-        values[str(item.get("name", i))] = measure(pred, clean)
-    return values
+    scores = score_pairs(ds, model, limit=limit, score_input=model is None, tile=tile)
+    return {s.name: s.input if model is None else s.derained
+            for s in tqdm(scores, total=n, desc=desc, unit="img", disable=None)}
 
 
 def _mean(values: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -136,7 +107,7 @@ def _dataset_values(path: Path, ds, name: str, method: tuple, cache: Path, devic
         values = json.loads(cfile.read_text())
     else:
         model = None if wfile is None else load_derainer(wfile, device)[0]
-        values = _per_image(ds, model, device, tile, f"{name}: {label}", max_images)
+        values = _per_image(ds, model, tile, f"{name}: {label}", max_images)
         atomic_write_text(cfile, json.dumps(to_jsonable(values)))
     return {k: {c: float(v) for c, v in d.items()} for k, d in values.items()}
 
@@ -151,7 +122,7 @@ def restoration_results(data: Sequence[str | Path], weights: Sequence[str | Path
     cache = Path(cache).absolute()
     torch_device = pick_device(device)
     weights_files = [weights_file(w) for w in weights]  # fail before any work
-    datasets = [(Path(d), _dataset(Path(d))) for d in data]
+    datasets = [(Path(d), paired_dataset(Path(d))) for d in data]
     names = list(names) if names is not None else dataset_names([d for d, _ in datasets])
     methods = [(INPUT, None, None)] + [(lab, f, sha256_file(f)) for lab, f in zip(_labels(weights), weights_files)]
     table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}

@@ -25,27 +25,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..inference import derain_tensor
-from ..io import ImageReadError, read_rgb, to_tensor, to_uint8, write_rgb
-from ..metrics import psnr, ssim
+from ..io import to_uint8, write_rgb
+from ..metrics import PAIR_METRICS, image_scores, pair_files, paired_dataset, score_pairs
 from ..utils.atomic import atomic_write_text
 from ._common import CLIError, add_model_args, inference_kwargs, model_from_args, run_cli
 
 __all__ = ["main", "build_parser", "METRICS", "score"]
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+METRICS = PAIR_METRICS
+score = image_scores
 
 
-def score(pred, target) -> dict[str, float]:
-    """The four numbers of one image: ``(3, H, W)`` float tensors (or uint8 HWC arrays) in [0, 1]."""
-    return {f"{m}_{c}": float(f(pred, target, c)) for m, f in (("psnr", psnr), ("ssim", ssim)) for c in ("y", "rgb")}
-
-
-def _pairs(data: Path) -> list[tuple[Path, Path]]:
-    from ..data import DatasetError, PairedImageDataset
+def _pairs(data: Path):
+    from ..data import DatasetError
 
     try:
-        return PairedImageDataset.from_folder(data, check=False).pairs
+        return paired_dataset(data)
     except (DatasetError, NotADirectoryError, OSError) as e:
         raise CLIError(f"--data {data}: {e}") from e
 
@@ -72,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     kwargs = inference_kwargs(args)
-    pairs = _pairs(args.data)[: args.limit]
+    ds = _pairs(args.data)
+    n = len(ds) if not args.limit else min(args.limit, len(ds))
+    pairs = [pair_files(ds, i) for i in range(n)]
     if args.save_images is not None:
         inputs = {p.resolve() for pair in pairs for p in pair}
         clash = next((r for r, _ in pairs if (args.save_images / r.name).resolve() in inputs), None)
@@ -80,19 +77,17 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--save-images {args.save_images} would overwrite the input {clash}")
     model = model_from_args(args)
     rows, failed = [], []
-    for rain_path, clean_path in tqdm(pairs, desc="evaluate", unit="image", disable=None):
+    for s in tqdm(score_pairs(ds, model, limit=n, keep_going=True, **kwargs), total=n, desc="evaluate",
+                  unit="image", disable=None):
+        rain_path, clean_path = pairs[s.index]
         try:
-            rain, clean = read_rgb(rain_path), read_rgb(clean_path)
-            if rain.shape != clean.shape:
-                raise ValueError(f"{rain_path} is {rain.shape[1]}x{rain.shape[0]} but {clean_path} is "
-                                 f"{clean.shape[1]}x{clean.shape[0]}")
-            x, target = to_tensor(rain), to_tensor(clean)
-            out = derain_tensor(model, x, **kwargs)
+            if s.error is not None:
+                raise ValueError(s.error)
             rows.append({"name": rain_path.name, "rain": str(rain_path), "clean": str(clean_path),
-                         "input": score(x, target), "derained": score(out, target)})
+                         "input": s.input, "derained": s.derained})
             if args.save_images is not None:
-                write_rgb(args.save_images / rain_path.name, to_uint8(out))
-        except (ImageReadError, ValueError, OSError, RuntimeError) as e:
+                write_rgb(args.save_images / rain_path.name, to_uint8(s.output))
+        except (ValueError, OSError) as e:
             failed.append(f"{rain_path.name}: {e}")
             tqdm.write(f"error: {rain_path.name}: {e}", file=sys.stderr)
     if not rows:
