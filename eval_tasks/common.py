@@ -120,9 +120,7 @@ def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
 
     ``preset`` ``transplant:DIR`` puts the rain of the paired benchmark folder DIR on the image instead
     (:func:`transplant_fn`)."""
-    from jdnet_plugin.cli.synth import file_seed
-    from jdnet_plugin.rain import add_rain, draw_params, make_generator
-    from jdnet_plugin.rain.params import resolve_preset
+    from jdnet_plugin.rain import file_rain
 
     if str(preset).startswith(TRANSPLANT):
         if str(scale) not in ("1", "1.0"):
@@ -130,23 +128,11 @@ def rain_fn(preset: str, seed: int, scale: str | float = "1") -> ImageFn:
                             "rain layer is scaled only as much as it takes to cover the image")
         return transplant_fn(str(preset)[len(TRANSPLANT):], seed)
     try:
-        choice = resolve_preset(preset)
+        return file_rain(preset, seed, scale)
     except KeyError as e:
         raise EvalError(e.args[0] if e.args else f"unknown rain preset {preset!r}") from None
-    if scale != "auto":
-        try:
-            scale = float(scale)
-        except ValueError:
-            scale = 0.0
-        if scale <= 0:
-            raise EvalError(f"rain scale must be a positive number or 'auto', got {scale!r}")
-
-    def fn(rgb: np.ndarray, key: str) -> np.ndarray:
-        g = make_generator(file_seed(seed, key))
-        factor = min(rgb.shape[:2]) / 320.0 if scale == "auto" else scale
-        return add_rain(rgb, draw_params(choice, g, factor), generator=g)
-
-    return fn
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def _benchmark_pairs(folder: str | os.PathLike):
@@ -208,7 +194,7 @@ def transplant_layer(rgb: np.ndarray, layer: np.ndarray, rng: np.random.Generato
 def transplant_fn(folder: str | os.PathLike, seed: int) -> ImageFn:
     """``fn(rgb, relative name)``: the rain of one pair of the benchmark ``folder`` on the image, pair and window
     chosen by the per-file seed (as :func:`rain_fn`). The folder is checked now; its layers load on first use."""
-    from jdnet_plugin.cli.synth import file_seed
+    from jdnet_plugin.rain import file_seed
 
     _benchmark_pairs(folder)  # a bad folder fails before any work
     cache: list[list[np.ndarray]] = []

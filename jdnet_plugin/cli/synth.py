@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_rgb, write_rgb
+from ..rain.files import file_rain, file_seed, parse_scale
 from ..utils.atomic import atomic_path, atomic_write_text
 from ._common import CLIError, run_cli
 
@@ -49,12 +49,6 @@ class Job:
     src: Path
     dst: Path
     rel: str   # path relative to SRC, POSIX style: the seed and the name in messages
-
-
-def file_seed(seed: int, rel: str) -> int:
-    """A per-file seed from the run's seed and the file's relative path (order-independent)."""
-    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _keep_unchanged(rel: Path, patterns: tuple[str, ...]) -> bool:
@@ -167,15 +161,10 @@ def _rain_file(job: Job, preset: str, seed: int, scale: str, jpeg_quality: int) 
     """Read, rain, write one image; an error message naming the file, or None."""
     import cv2
 
-    from ..rain import add_rain, draw_params, make_generator
-
     try:
         rgb = read_rgb(job.src)
-        g = make_generator(file_seed(seed, job.rel))
-        factor = min(rgb.shape[:2]) / 320.0 if scale == "auto" else float(scale)
-        params = draw_params(preset, g, factor)
         params_jpeg = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if job.dst.suffix.lower() in (".jpg", ".jpeg") else None
-        write_rgb(job.dst, add_rain(rgb, params, generator=g), params_jpeg)
+        write_rgb(job.dst, file_rain(preset, seed, scale)(rgb, job.rel), params_jpeg)
     except (ImageReadError, OSError, ValueError) as e:
         return f"{job.rel}: {e}"
     return None
@@ -218,13 +207,10 @@ def _validate(args: argparse.Namespace) -> None:
     from ..rain import check_rain_sources
 
     check_rain_sources(args.preset)  # an unknown preset or missing streak images: before any file is written
-    if args.scale != "auto":
-        try:
-            ok = float(args.scale) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise CLIError(f"--scale must be a positive number or 'auto', got {args.scale!r}")
+    try:
+        parse_scale(args.scale)
+    except ValueError:
+        raise CLIError(f"--scale must be a positive number or 'auto', got {args.scale!r}") from None
     if not 0 <= args.jpeg_quality <= 100:
         raise CLIError(f"--jpeg-quality must lie in 0..100, got {args.jpeg_quality}")
 
