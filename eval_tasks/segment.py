@@ -34,6 +34,7 @@ from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_li
                                files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
                                map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
                                resolve_gate_arg, sha256_file)
+from integrations.segmentation import SegmenterAdapter
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
 
@@ -94,29 +95,15 @@ def load_segmenter(spec: str, device: torch.device | str = "cpu") -> nn.Module:
     return obj.to(device).eval()
 
 
-class Segmenter(nn.Module):
-    """RGB ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C, H, W)``: smp normalisation and padding where the model is
-    an smp model; dict/tuple outputs reduced to their main tensor; other sizes resized back to H, W."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        from integrations.segmentation import smp_pad_multiple, smp_preprocessing
-
-        self.model = model
-        stats = smp_preprocessing(model)
-        self.mean, self.std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats) if stats else (None, None)
-        self.multiple = smp_pad_multiple(model) or 1
+class Segmenter(SegmenterAdapter):
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C, H, W)``: :class:`integrations.SegmenterAdapter` (smp
+    normalisation and padding where the model is an smp model) under inference mode, dict/tuple outputs reduced
+    to their main tensor, other sizes resized back to H, W."""
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from integrations.segmentation import pad_to_multiple
-
         h, w = x.shape[-2:]
-        if self.mean is not None:
-            x = (x - self.mean.to(x)) / self.std.to(x)
-        x = pad_to_multiple(x, self.multiple)
-        padded = tuple(x.shape[-2:])
-        out = self.model(x)
+        out = super().forward(x)
         if isinstance(out, dict):
             out = out.get("out", next(iter(out.values())))
         elif isinstance(out, (list, tuple)):
@@ -124,8 +111,6 @@ class Segmenter(nn.Module):
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             raise EvalError(f"the segmentation model returned {type(out).__name__} "
                             f"{tuple(getattr(out, 'shape', ()))}, expected logits (B, C, H, W)")
-        if tuple(out.shape[-2:]) == padded:
-            out = out[..., :h, :w]
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out.float(), size=(h, w), mode="bilinear", align_corners=False)
         return out

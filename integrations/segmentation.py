@@ -17,7 +17,7 @@ from jdnet_plugin.inference import rain_score
 from ._weights import WeightsSource, resolve_derainer, run_derainer
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "smp_encoder_info", "smp_preprocessing", "smp_pad_multiple",
-           "create_smp_model", "pad_to_multiple", "DerainSegmenter"]
+           "create_smp_model", "pad_to_multiple", "SegmenterAdapter", "DerainSegmenter"]
 
 _INSTALL = "pip install 'jdnet-plugin[smp]'"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -146,33 +146,23 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-class DerainSegmenter(nn.Module):
-    """RGB ``(B, 3, H, W)`` in [0, 1] -> derain -> normalise -> pad -> ``segmenter`` -> outputs cropped to H, W.
+class SegmenterAdapter(nn.Module):
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> :meth:`prepare` -> normalise -> pad -> ``segmenter`` -> outputs cropped
+    to H, W: what a segmenter needs around it, with or without deraining (:class:`DerainSegmenter`).
 
     ``mean``/``std`` default to the smp encoder's preprocessing for smp models and to none (identity) for
     other modules (e.g. a TorchScript segmenter that normalises inside). ``pad_multiple`` defaults to
     ``2 ** encoder_depth`` for smp models and 1 otherwise. Every output tensor (also inside dicts, lists,
-    tuples) whose last two dims equal the padded size is cropped back.
-
-    Further arguments of ``forward`` are passed on to the segmenter.
-
-    ``freeze_derainer=True``: the derainer gets no gradients and stays in eval mode through ``.train()``;
-    ``False``: it trains end to end with the segmenter.
-
-    ``gate="auto"`` (or a threshold) passes images without rain to the segmenter as they are
-    (:mod:`jdnet_plugin.gate`); ``gate_stats`` counts them.
+    tuples) whose last two dims equal the padded size is cropped back. Further arguments of ``forward`` are
+    passed on to the segmenter.
     """
 
-    def __init__(self, segmenter: nn.Module, weights: WeightsSource = None, model: nn.Module | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 pad_multiple: int | None = None, freeze_derainer: bool = True, gate: GateSpec = None) -> None:
+    def __init__(self, segmenter: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 pad_multiple: int | None = None) -> None:
         super().__init__()
-        self.gate_threshold = gate_threshold(gate)
-        self.gate_stats = GateStats()
         if not isinstance(segmenter, nn.Module):
             raise TypeError(f"segmenter must be an nn.Module, got {type(segmenter).__name__}")
         self.segmenter = segmenter
-        self.derainer = resolve_derainer(weights, model)
         known = smp_preprocessing(segmenter) if mean is None and std is None else None
         mean, std = (known if known else (mean, std))
         mean = (0.0, 0.0, 0.0) if mean is None else tuple(float(v) for v in mean)
@@ -184,6 +174,47 @@ class DerainSegmenter(nn.Module):
         self.pad_multiple = int(pad_multiple or smp_pad_multiple(segmenter) or 1)
         if self.pad_multiple < 1:
             raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The image the segmenter sees, before normalisation (here: ``x`` itself)."""
+        return x
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``x``: RGB in [0, 1]; further arguments go to the segmenter."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects RGB images (B, 3, H, W) in [0, 1], got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        y = (self.prepare(x) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        y = pad_to_multiple(y, self.pad_multiple)
+        padded = tuple(y.shape[-2:])
+        out = self.segmenter(y, *args, **kwargs)
+
+        def crop(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and tuple(t.shape[-2:]) == padded:
+                return t[..., :h, :w]
+            return t
+
+        return tree_map(crop, out) if padded != (h, w) else out
+
+
+class DerainSegmenter(SegmenterAdapter):
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> derain -> normalise -> pad -> ``segmenter`` -> outputs cropped to H, W
+    (:class:`SegmenterAdapter` with deraining).
+
+    ``freeze_derainer=True``: the derainer gets no gradients and stays in eval mode through ``.train()``;
+    ``False``: it trains end to end with the segmenter.
+
+    ``gate="auto"`` (or a threshold) passes images without rain to the segmenter as they are
+    (:mod:`jdnet_plugin.gate`); ``gate_stats`` counts them.
+    """
+
+    def __init__(self, segmenter: nn.Module, weights: WeightsSource = None, model: nn.Module | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 pad_multiple: int | None = None, freeze_derainer: bool = True, gate: GateSpec = None) -> None:
+        super().__init__(segmenter, mean, std, pad_multiple)
+        self.gate_threshold = gate_threshold(gate)
+        self.gate_stats = GateStats()
+        self.derainer = resolve_derainer(weights, model)
         self.freeze_derainer = freeze_derainer
         self.derainer.requires_grad_(not freeze_derainer)
         self.train(self.segmenter.training)
@@ -193,6 +224,9 @@ class DerainSegmenter(nn.Module):
         if self.freeze_derainer:
             self.derainer.eval()
         return self
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return self.derain(x)
 
     def derain(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_threshold is not None:
@@ -210,20 +244,3 @@ class DerainSegmenter(nn.Module):
             with torch.no_grad():
                 return run_derainer(self.derainer, x)
         return run_derainer(self.derainer, x)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """``x``: RGB in [0, 1]; further arguments go to the segmenter."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"DerainSegmenter expects RGB images (B, 3, H, W) in [0, 1], got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        y = (self.derain(x) - self.mean) / self.std
-        y = pad_to_multiple(y, self.pad_multiple)
-        padded = tuple(y.shape[-2:])
-        out = self.segmenter(y, *args, **kwargs)
-
-        def crop(t: Any) -> Any:
-            if isinstance(t, torch.Tensor) and t.dim() >= 2 and tuple(t.shape[-2:]) == padded:
-                return t[..., :h, :w]
-            return t
-
-        return tree_map(crop, out) if padded != (h, w) else out
