@@ -65,3 +65,16 @@ def test_demo_reports_a_bad_rain_preset(tmp_path, capsys):
     assert main(["--rain", "nope", "--out", str(tmp_path / "demo")]) == 2
     assert capsys.readouterr().err.startswith("error: unknown rain preset 'nope'")
     assert not (tmp_path / "demo").exists()
+
+
+def test_export_cli_bad_options_are_user_errors(tmp_path, weights, capsys):
+    from jdnet_plugin.cli.export import main
+
+    out = str(tmp_path / "m.onnx")
+    assert main(["--weights", str(weights), "--out", out, "--opset", "9"]) == 2
+    assert "--opset must be >=" in capsys.readouterr().err
+    assert main(["--weights", str(weights), "--out", out, "--check-size", "2x2"]) == 2
+    assert "below the model's minimum side" in capsys.readouterr().err
+    assert main(["--weights", str(tmp_path / "none.pt"), "--out", out]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

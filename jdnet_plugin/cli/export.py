@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_model
+from ..checkpoint import load_model
 from ..exporting import DEFAULT_CHECK_SIZES, ONNX_MIN_OPSET, ExportError, export_onnx, export_torchscript
 from ..registry import DEFAULT_WEIGHTS
 from ._common import CLIError, run_cli
@@ -53,23 +53,22 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt == "auto":
         fmt = "onnx" if args.out.suffix.lower() == ".onnx" else "torchscript"
-    try:
-        model = load_model(args.weights, device="cpu")
-    except (FileNotFoundError, KeyError, CheckpointError, ValueError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+    if args.opset < ONNX_MIN_OPSET:
+        raise CLIError(f"--opset must be >= {ONNX_MIN_OPSET}, got {args.opset}")
+    model = load_model(args.weights, device="cpu")  # its documented errors are the user's (run_cli)
+    small = [f"{h}x{w}" for h, w in [args.example_size, *(args.check_size or [])] if min(h, w) < model.min_size]
+    if small:
+        raise CLIError(f"sizes {', '.join(small)} are below the model's minimum side {model.min_size}")
     jobs = {"torchscript": [("torchscript", args.out)], "onnx": [("onnx", args.out)],
             "both": [("torchscript", args.out.with_suffix(".pt")), ("onnx", args.out.with_suffix(".onnx"))]}[fmt]
     for kind, out in jobs:
         t = time.perf_counter()
-        try:
-            if kind == "onnx":
-                res = export_onnx(model, out, opset=args.opset, example_size=args.example_size,
-                                  dynamic=not args.static, check_sizes=args.check_size, atol=args.atol)
-            else:
-                res = export_torchscript(model, out, example_size=args.example_size,
-                                         check_sizes=args.check_size or DEFAULT_CHECK_SIZES, atol=args.atol)
-        except (ExportError, ValueError, OSError) as e:
-            raise CLIError(str(e)) from e
+        if kind == "onnx":
+            res = export_onnx(model, out, opset=args.opset, example_size=args.example_size,
+                              dynamic=not args.static, check_sizes=args.check_size, atol=args.atol)
+        else:
+            res = export_torchscript(model, out, example_size=args.example_size,
+                                     check_sizes=args.check_size or DEFAULT_CHECK_SIZES, atol=args.atol)
         sizes = ", ".join(f"{h}x{w}" for h, w in res.checked_sizes)
         print(f"{res.format}: {res.path} (max |exported - eager| {res.max_abs_diff:.2g} at {sizes}; "
               f"{time.perf_counter() - t:.1f} s)")
@@ -77,4 +76,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), run, argv, errors=(ExportError, OSError))
