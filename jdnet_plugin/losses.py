@@ -54,11 +54,13 @@ class MSELoss(nn.Module):
 
 
 LOSSES: dict[str, type[nn.Module]] = {"ssim": SSIMLoss, "l1": L1Loss, "mse": MSELoss}
+LOSS_ALIASES = {"l2": "mse", "mae": "l1"}
+LOSS_NAMES = (*LOSSES, *LOSS_ALIASES)  # what a training config may name
 
 
 def build_loss(name: str) -> nn.Module:
     """The loss module of a name: ``"ssim"`` (negative SSIM), ``"l1"`` or ``"mse"`` (``"l2"`` is an alias)."""
-    key = {"l2": "mse", "mae": "l1"}.get(name.lower(), name.lower())
+    key = LOSS_ALIASES.get(name.lower(), name.lower())
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
     return LOSSES[key]()

@@ -351,3 +351,21 @@ def test_signal_to_the_process_group_with_workers_saves_and_exits_cleanly(data, 
     assert "Traceback" not in err and f"stopped by {sig.name}" in err
     assert _log(out)[-1]["event"] == f"stopped by {sig.name}"
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == _log(out)[-1]["step"]
+
+
+def test_config_choices_come_from_the_registries():
+    """Every loss build_loss knows (aliases too) and every rain preset is a valid setting; the CLI offers them."""
+    from jdnet_plugin.cli.train import build_parser
+    from jdnet_plugin.losses import LOSS_NAMES, build_loss
+    from jdnet_plugin.rain import list_rain_presets
+    from jdnet_plugin.training.config import ConfigError, load_config
+
+    for loss in LOSS_NAMES:
+        assert load_config(overrides={"loss": loss})["loss"] == loss
+        build_loss(loss)
+    for rain in list_rain_presets():
+        assert load_config(overrides={"synthetic_rain": rain})["synthetic_rain"] == rain
+    with pytest.raises(ConfigError, match="loss must be one of"):
+        load_config(overrides={"loss": "perceptual"})
+    args = build_parser().parse_args(["--loss", "l2", "--synthetic-rain", "storm"])
+    assert args.loss == "l2" and args.synthetic_rain == "storm"

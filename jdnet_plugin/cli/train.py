@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..training.config import CHOICES
 from ._common import run_cli
 
 __all__ = ["main", "build_parser", "overrides_from_args"]
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--steps", type=int, help="training steps (default: 1000 * pairs / batch size, the authors')")
     a("--batch-size", type=int, help="batch size per process")
     a("--patch-size", type=int, help="random crop size")
-    a("--loss", choices=("ssim", "l1", "mse"))
+    a("--loss", choices=CHOICES["loss"])
     a("--lr", type=float, help="Adam learning rate")
     a("--device", help="auto | cpu | cuda | cuda:N")
     a("--seed", type=int)
@@ -60,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
            "broad, mixed, light, heavy, storm, ...)")
     a("--clean-fraction", type=float, metavar="P",
       help="with --synthetic-rain: share of crops left dry (input = target), so clean images pass unchanged")
-    a("--format", choices=("paired", "side-by-side", "clean"), help="data format (detected by default)")
+    a("--format", choices=CHOICES["format"], help="data format (detected by default)")
     a("--pair-dirs", nargs=2, metavar=("RAINY", "CLEAN"), help="names of the rainy and clean sub-folders")
     a("--save-every", type=int, metavar="N", help="write latest.pt every N steps")
     a("--snapshot-every", type=int, metavar="N", help="write step_<N>.pt every N steps (0: never)")
     a("--val-every", type=int, metavar="N")
     a("--log-every", type=int, metavar="N")
-    a("--amp", choices=("auto", "none", "bf16", "fp16"))
+    a("--amp", choices=CHOICES["amp"])
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    a("--attention", choices=("fast", "reference"))
+    a("--attention", choices=CHOICES["attention"])
     for flag in ("hflip", "vflip", "rot90", "cache", "tensorboard", "progress"):
         a(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
     a("--set", type=_key_value, action="append", metavar="KEY=VALUE", help="any setting of the config file")

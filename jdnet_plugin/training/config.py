@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_CONFIG", "ConfigError", "default_config", "load_config", "merge_config", "validate_config",
+from ..losses import LOSS_NAMES
+
+__all__ = ["DEFAULT_CONFIG", "CHOICES", "ConfigError", "default_config", "load_config", "merge_config", "validate_config",
            "config_differences", "RESUMABLE_CHANGES"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_default.yaml"
@@ -17,6 +19,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_defaul
 RESUMABLE_CHANGES = frozenset({"out", "device", "workers", "val", "val_max", "save_every", "snapshot_every",
                                "val_every", "log_every", "tensorboard", "progress", "attention", "cache", "amp",
                                "channels_last", "threads", "init"})  # init: a resume loads latest.pt instead
+
+
+# The settings with a fixed set of values (the CLI offers the same; rain presets and model presets come from
+# their registries).
+CHOICES: dict[str, tuple] = {
+    "loss": LOSS_NAMES,
+    "amp": ("auto", "none", "bf16", "fp16"),
+    "attention": ("fast", "reference"),
+    "format": ("paired", "side-by-side", "clean"),
+}
 
 
 class ConfigError(ValueError):
@@ -99,14 +111,13 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _positive_int(cfg, "threads", allow_none=True)
     _positive_int(cfg, "workers", allow_zero=True)
     _positive_int(cfg, "snapshot_every", allow_zero=True)
-    _choice(cfg, "loss", ("ssim", "l1", "mse"))
-    _choice(cfg, "amp", ("auto", "none", "bf16", "fp16"))
+    for key in ("loss", "amp", "attention"):
+        _choice(cfg, key, CHOICES[key])
     _choice(cfg, "channels_last", ("auto", True, False))
-    _choice(cfg, "attention", ("fast", "reference"))
     from ..rain import list_rain_presets
 
     _choice(cfg, "synthetic_rain", (None, *list_rain_presets()))
-    _choice(cfg, "format", (None, "paired", "side-by-side", "clean"))
+    _choice(cfg, "format", (None, *CHOICES["format"]))
     if not isinstance(cfg["lr"], (int, float)) or cfg["lr"] <= 0:
         raise ConfigError(f"lr must be a positive number, got {cfg['lr']!r}")
     cf = cfg["clean_fraction"]
