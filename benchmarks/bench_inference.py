@@ -37,8 +37,10 @@ def child(args: argparse.Namespace) -> None:
     from jdnet_plugin.archs import native
     from jdnet_plugin.inference import derain_tensor
     from jdnet_plugin.registry import create_model
+    from jdnet_plugin.utils.host_memory import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # what the derain CLI sets for its process
     torch.manual_seed(0)
     model = create_model(args.preset).eval().set_attention_impl(args.impl).to(args.device)
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]

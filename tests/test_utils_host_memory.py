@@ -55,3 +55,14 @@ def test_empty_huge_is_a_plain_writable_tensor(numel):
 def test_empty_huge_keeps_the_shape_and_dtype():
     t = empty_huge(2, 3, 4, dtype=torch.float64, device=torch.device("cpu"))
     assert t.shape == (2, 3, 4) and t.dtype == torch.float64
+
+
+def test_a_forward_leaves_the_allocator_alone():
+    """Process-wide settings only when asked for: a CPU forward (fast path) never calls mallopt."""
+    code = ("import torch, jdnet_plugin\nfrom jdnet_plugin.utils import host_memory\n"
+            "m = jdnet_plugin.create_model('jdnet-lite', units=1, scales=1).eval()\n"
+            "with torch.inference_mode():\n    m(torch.rand(1, 3, 32, 32))\n"
+            "jdnet_plugin.derain(torch.rand(3, 32, 32), m)\n"
+            "print('kept' in host_memory._state)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "False"

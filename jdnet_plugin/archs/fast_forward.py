@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..utils.host_memory import empty_huge, keep_freed_memory
+from ..utils.host_memory import empty_huge
 from . import native
 from .attention import _check_size
 
@@ -360,8 +360,6 @@ def fast_rain_layer(model, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> t
     """``model.rain_layer(x)`` of a :class:`JDNet` without autograd; see the module docstring.
 
     ``band_pixels``: pixels per band of the attention (small on CPU for the cache, large on a GPU)."""
-    if x.device.type == "cpu":
-        keep_freed_memory()
     feat = model.enterBlock(x.contiguous(memory_format=torch.channels_last))
     chain = model.derain_net
     b, c, h, w = feat.shape

@@ -11,6 +11,7 @@ from ..checkpoint import CheckpointError, load_model
 from ..errors import UnknownNameError
 from ..inference import DTYPES, MAX_PIXELS, OVERLAP
 from ..registry import DEFAULT_WEIGHTS
+from ..utils.host_memory import keep_freed_memory
 
 __all__ = ["CLIError", "add_model_args", "device_from_args", "model_from_args", "inference_kwargs", "fail",
            "error_message", "run_cli"]
@@ -48,7 +49,13 @@ def device_from_args(args: argparse.Namespace, local_rank: int = 0) -> torch.dev
 
 
 def model_from_args(args: argparse.Namespace, device: torch.device | None = None):
-    return load_model(args.weights or DEFAULT_WEIGHTS, device=device or device_from_args(args))
+    """The model of ``--weights`` on ``device``. A command owns its process, so on the CPU it also keeps freed
+    heap memory for reuse (:func:`jdnet_plugin.utils.host_memory.keep_freed_memory`), which a library call
+    never does by itself."""
+    device = device or device_from_args(args)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return load_model(args.weights or DEFAULT_WEIGHTS, device=device)
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:

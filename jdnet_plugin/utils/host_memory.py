@@ -7,8 +7,9 @@ forward's time on a 2-core machine. Two remedies, both no-ops where they do not 
 
 - :func:`keep_freed_memory`: glibc's ``mallopt`` so that blocks up to 32 MiB come from the heap and up to
   1 GiB of freed heap stays mapped (the same idea as PyTorch's CUDA caching allocator, and what
-  jemalloc/tcmalloc do for PyTorch's CPU deployments). Process-wide; set ``JDNET_KEEP_FREED_MEMORY=0``
-  to leave the allocator alone.
+  jemalloc/tcmalloc do for PyTorch's CPU deployments). Process-wide, so only where asked for: the package's
+  command lines call it for their own process; a program that embeds the package calls it itself (a forward
+  never does). ``JDNET_KEEP_FREED_MEMORY=0`` makes it a no-op.
 - :func:`empty_huge`: a large buffer whose pages are faulted in 2 MiB at a time (transparent huge pages,
   ``madvise``), for the buffers this package allocates itself.
 """
