@@ -76,73 +76,69 @@ def _inside(path: Path, root: Path, what: str) -> Path:
             from None
 
 
-def read_yolo_dataset(path: str | os.PathLike, split: str = "val") -> YoloDataset:
-    """Parse a dataset YAML the way Ultralytics does (``path`` key or the YAML's folder as root)."""
-    from ultralytics.data.utils import img2label_paths
+def _checked_dataset(yaml_path: Path, split: str) -> dict[str, Any]:
+    """Ultralytics' own ``check_det_dataset`` (what ``YOLO.val`` reads), never downloading; its complaints
+    become :class:`EvalError` naming the file."""
+    from ultralytics.data.utils import check_det_dataset
 
-    yaml_path = Path(path)
     if not yaml_path.is_file():
         raise FileNotFoundError(f"dataset YAML {yaml_path} not found")
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise EvalError(f"{yaml_path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise EvalError(f"{yaml_path}: expected a mapping with 'val' and 'names' keys")
-    if split == "val" and "val" not in data and "validation" in data:
-        data["val"] = data["validation"]
-    if not data.get(split):
-        raise EvalError(f"{yaml_path}: no '{split}' key naming the images to evaluate")
-    names = data.get("names")
-    if isinstance(names, list):
-        names = dict(enumerate(names))
-    if not isinstance(names, dict) or not names:
-        raise EvalError(f"{yaml_path}: no class 'names'")
-    names = {int(k): str(v) for k, v in names.items()}
-    root = Path(data["path"]) if data.get("path") else yaml_path.parent
-    if not root.is_absolute():
-        root = root if root.exists() else yaml_path.parent / root
+        return check_det_dataset(str(yaml_path), autodownload=False, split=split)
+    except (SyntaxError, TypeError, ValueError, KeyError, OSError, yaml.YAMLError) as e:
+        message = " ".join("".join(c for c in str(e) if c.isascii()).split())  # one line, without emojis
+        raise EvalError(f"{yaml_path}: {message}") from None
+
+
+def _split_images(entry: Path, root: Path, lists: dict[str, list[Path]]) -> list[Path]:
+    """The images of one split entry: a folder (searched recursively) or a text file listing images."""
+    if entry.is_dir():
+        return sorted(f for f in entry.rglob("*") if f.is_file() and f.suffix[1:].lower() in _img_formats())
+    found = []
+    for line in entry.read_text(encoding="utf-8-sig").split():
+        f = entry.parent / line[2:] if line.startswith("./") else Path(line)
+        found.append(f if f.is_absolute() else root / f)
+    lists[_inside(entry, root, "image list").as_posix()] = found
+    return found
+
+
+def _check_labels(labels: list[Path], root: Path, nc: int, yaml_path: Path) -> None:
+    for lab in labels:
+        _inside(lab, root, "label file")
+        for i, line in enumerate(lab.read_text(encoding="utf-8").splitlines()):
+            cls = line.split()[0] if line.strip() else None
+            if cls is not None and (not cls.lstrip("-").isdigit() or not 0 <= int(cls) < nc):
+                raise EvalError(f"{lab}:{i + 1}: class {cls!r} is not in 0..{nc - 1} ({nc} names in {yaml_path})")
+
+
+def read_yolo_dataset(path: str | os.PathLike, split: str = "val") -> YoloDataset:
+    """The ``split`` of a dataset YAML as Ultralytics reads it (``check_det_dataset``: root, names, entries),
+    with its images and label files, checked: everything under the root, every label's class named."""
+    from ultralytics.data.utils import img2label_paths
+
+    yaml_path = Path(path)
+    data = _checked_dataset(yaml_path, split)
+    names = {int(k): str(v) for k, v in data["names"].items()}
+    root = Path(data["path"]).absolute()
     if not root.is_dir():
         raise EvalError(f"{yaml_path}: dataset root {root} is not a folder")
-    root = root.absolute()
-    entries = data[split] if isinstance(data[split], list) else [data[split]]
-    formats, images, rel_entries, lists = _img_formats(), [], [], {}
+    entries = [Path(e) for e in (data[split] if isinstance(data[split], list) else [data[split]])]
+    images, rel_entries, lists = [], [], {}
     for e in entries:
-        p = root / str(e)
-        if not p.exists() and str(e).startswith("../"):
-            p = root / str(e)[3:]
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix[1:].lower() in formats)
-        elif p.is_file():
-            found = []
-            for line in p.read_text(encoding="utf-8-sig").split():
-                f = p.parent / line[2:] if line.startswith("./") else Path(line)
-                found.append(f if f.is_absolute() else root / f)
-            lists[_inside(p, root, "image list").as_posix()] = found
-        else:
-            raise EvalError(f"{yaml_path}: '{split}' entry {e} ({p}) does not exist")
-        rel_entries.append(_inside(p, root, f"'{split}' entry").as_posix())
-        images += found
+        images += _split_images(e, root, lists)
+        rel_entries.append(_inside(e, root, f"'{split}' entry").as_posix())
     if not images:
         raise EvalError(f"{yaml_path}: no images in '{split}' ({', '.join(map(str, entries))})")
     for f in images:
         _inside(f, root, "image")
         if not f.is_file():
             raise EvalError(f"{yaml_path}: image {f} does not exist")
-    labels = [Path(p) for p in img2label_paths([str(f) for f in images])]
-    labels = [p for p in labels if p.is_file()]
+    labels = [p for p in map(Path, img2label_paths([str(f) for f in images])) if p.is_file()]
     if not labels:
         example = img2label_paths([str(images[0])])[0]
         raise EvalError(f"{yaml_path}: dataset with no labels: none of the {len(images)} '{split}' images has a "
                         f"label file (YOLO looks for e.g. {example})")
-    nc = len(names)
-    for lab in labels:
-        _inside(lab, root, "label file")
-        for i, line in enumerate(lab.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                cls = line.split()[0]
-                if not cls.lstrip("-").isdigit() or not 0 <= int(cls) < nc:
-                    raise EvalError(f"{lab}:{i + 1}: class {cls!r} is not in 0..{nc - 1} ({nc} names in {yaml_path})")
+    _check_labels(labels, root, len(names), yaml_path)
     return YoloDataset(yaml_path, root, names, images, labels, rel_entries, lists)
 
 

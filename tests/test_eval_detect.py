@@ -265,3 +265,19 @@ def test_dataset_mode_gate(tmp_path, yolo_pt, weights, capsys):
     rc, _, err = run(["--source", tmp_path / "ds" / "images" / "val", "--model", yolo_pt, "--weights", weights,
                       "--out", tmp_path / "f", "--gate", "auto"], capsys)
     assert rc == 2 and "--gate is a dataset-mode option" in err
+
+
+def test_read_yolo_dataset_reports_ultralytics_complaints(tmp_path):
+    from eval_tasks.common import EvalError
+
+    yaml_path = make_dataset(tmp_path / "ds", n=1)
+    bad = tmp_path / "ds" / "bad.yaml"
+    bad.write_text(f"path: {tmp_path / 'ds'}\ntrain: images/val\nval: images/val\n")  # neither names nor nc
+    with pytest.raises(EvalError, match="bad.yaml.*'names' or 'nc'"):
+        read_yolo_dataset(bad)
+    bad.write_text(f"path: {tmp_path / 'ds'}\ntrain: images/val\nval: images/missing\nnames: [a]\n")
+    with pytest.raises(EvalError, match="bad.yaml.*images not found"):
+        read_yolo_dataset(bad)
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        read_yolo_dataset(tmp_path / "nowhere.yaml")
+    assert read_yolo_dataset(yaml_path).names[0] == "person"
