@@ -280,4 +280,4 @@ def test_read_yolo_dataset_reports_ultralytics_complaints(tmp_path):
         read_yolo_dataset(bad)
     with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
         read_yolo_dataset(tmp_path / "nowhere.yaml")
-    assert read_yolo_dataset(yaml_path).names[0] == "person"
+    assert read_yolo_dataset(yaml_path).names[0] == "class0"
