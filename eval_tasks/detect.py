@@ -16,6 +16,7 @@ frames are then the reference for mAP of the detections on the rainy and deraine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -439,17 +440,69 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
     return cached_copy(cache, "footage", key, build)
 
 
-def evaluate_footage(args: argparse.Namespace) -> int:
+def _labelled_detections(res, conf: float, label: str) -> np.ndarray:
+    """The frame with its detections of at least ``conf`` drawn and ``label`` written on it (RGB)."""
     import cv2
 
+    shown = res[res.boxes.conf >= conf].plot(line_width=1, font_size=8)  # BGR
+    cv2.putText(shown, label, (8, shown.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2,
+                cv2.LINE_AA)
+    return np.ascontiguousarray(shown[..., ::-1])
+
+
+def _detect_frames(yolo, folder: Path, stems: list[str], kinds: list[str], args: argparse.Namespace
+                   ) -> Iterator[tuple[dict[str, Any], dict[str, dict], np.ndarray]]:
+    """Per frame: its CSV row (counts, mean confidences), the detections of each kind, and the rainy |
+    derained side-by-side picture."""
     from jdnet_plugin.io import read_rgb
-    from jdnet_plugin.utils.atomic import atomic_path
+
+    for stem in tqdm(stems, desc="detect", unit="frame", disable=None):
+        row: dict[str, Any] = {"frame": stem}
+        dets, shown = {}, {}
+        for k in kinds:
+            res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
+            d = dets[k] = _dets(res)
+            sel = d["conf"] >= args.conf
+            row[f"{k}_count"] = int(sel.sum())
+            row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
+            if k in ("rainy", "derained"):
+                shown[k] = _labelled_detections(res, args.conf, k)
+        yield row, dets, np.concatenate([shown["rainy"], shown["derained"]], axis=1)
+
+
+def _footage_summary(rows: list[dict], dets: dict[str, list], kinds: list[str], conf: float, names: dict[int, str],
+                     with_reference: bool) -> tuple[dict, dict, list[str], dict | None]:
+    """``(summary per kind, recovered fraction, notes, per-class mAP50-95)``: mean counts and confidences, and
+    with a clean reference (``with_reference``) mAP against the clean frames' detections."""
+    summary = {}
+    for k in kinds:
+        counts = [r[f"{k}_count"] for r in rows]
+        confs = [r[f"{k}_mean_conf"] for r in rows if r[f"{k}_mean_conf"] is not None]
+        summary[k] = {"mean_count": float(np.mean(counts)), "mean_conf": float(np.mean(confs)) if confs else None}
+    if not with_reference:
+        return (summary, {m: None for m in METRICS},
+                ["no clean reference (pass --add-rain with clean footage): per-frame counts and confidences only"],
+                None)
+    maps = {k: detections_map(dets[k], dets["clean"], conf, names) for k in kinds}
+    for k in kinds:
+        summary[k].update(map50=maps[k]["map50"], map50_95=maps[k]["map50_95"])
+    fraction, notes = recovered_fraction(summary["clean"], summary["rainy"], summary["derained"], METRICS)
+    notes.append(f"reference: detections on the clean frames with conf >= {conf} "
+                 f"({maps['clean']['reference_objects']} objects); clean's own mAP is the ceiling")
+    return summary, fraction, notes, {k: {c: v["map50_95"] for c, v in maps[k]["per_class"].items()} for k in kinds}
+
+
+def evaluate_footage(args: argparse.Namespace) -> int:
+    """The CLI's footage mode: detections on the rainy and derained (and clean) frames, a side-by-side video,
+    per-frame CSV/JSON and, with --add-rain, mAP against the clean frames' detections."""
+    import cv2
+
+    from jdnet_plugin.video import VideoWriter
 
     out: Path = args.out.absolute()
     cache = (args.cache or out / "cache").absolute()
-    device = pick_device(args.device)
     _check_model_file(args.model)
-    derainer, wsha = load_derainer(args.weights, device)
+    derainer, wsha = load_derainer(args.weights, pick_device(args.device))
     yolo = _load_detector(args.model)
     folder, reused = _frame_cache(cache, args, wsha, derainer)
     index = json.loads((folder / "frames.json").read_text())
@@ -460,56 +513,21 @@ def evaluate_footage(args: argparse.Namespace) -> int:
     dets: dict[str, list] = {k: [] for k in kinds}
     rows = []
     video_path = out / "side_by_side.mp4"
-    with atomic_path(video_path) as tmp_video:
-        writer, size = None, None
-        try:
-            for stem in tqdm(stems, desc="detect", unit="frame", disable=None):
-                row: dict[str, Any] = {"frame": stem}
-                shown = {}
-                for k in kinds:
-                    res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
-                    d = _dets(res)
-                    dets[k].append(d)
-                    sel = d["conf"] >= args.conf
-                    row[f"{k}_count"] = int(sel.sum())
-                    row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
-                    if k in ("rainy", "derained"):
-                        shown[k] = res[res.boxes.conf >= args.conf].plot(line_width=1, font_size=8)
-                        cv2.putText(shown[k], k, (8, shown[k].shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
-                                    (255, 255, 255), 2, cv2.LINE_AA)
-                rows.append(row)
-                frame = np.concatenate([shown["rainy"], shown["derained"]], axis=1)
-                if writer is None:
-                    size = frame.shape[1], frame.shape[0]
-                    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-                    if not writer.isOpened():
-                        raise EvalError(f"cannot write video {video_path} (OpenCV has no mp4v encoder)")
-                elif (frame.shape[1], frame.shape[0]) != size:  # a folder of mixed sizes: the first one's size
-                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-                writer.write(frame)
-        finally:
-            if writer is not None:
-                writer.release()
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for row, frame_dets, frame in _detect_frames(yolo, folder, stems, kinds, args):
+            rows.append(row)
+            for k in kinds:
+                dets[k].append(frame_dets[k])
+            if writer is None:
+                writer = stack.enter_context(VideoWriter(video_path, fps, (frame.shape[1], frame.shape[0])))
+            elif (frame.shape[1], frame.shape[0]) != writer.size:  # a folder of mixed sizes: the first one's size
+                frame = cv2.resize(frame, writer.size, interpolation=cv2.INTER_AREA)
+            writer.write(frame)
     out.mkdir(parents=True, exist_ok=True)
     _write_frames(out, rows)
-    summary = {}
-    for k in kinds:
-        counts = [r[f"{k}_count"] for r in rows]
-        confs = [r[f"{k}_mean_conf"] for r in rows if r[f"{k}_mean_conf"] is not None]
-        summary[k] = {"mean_count": float(np.mean(counts)), "mean_conf": float(np.mean(confs)) if confs else None}
-    names = _model_names(yolo) or {}
-    per_class = None
-    if args.add_rain:
-        maps = {k: detections_map(dets[k], dets["clean"], args.conf, names) for k in kinds}
-        for k in kinds:
-            summary[k].update(map50=maps[k]["map50"], map50_95=maps[k]["map50_95"])
-        fraction, notes = recovered_fraction(summary["clean"], summary["rainy"], summary["derained"], METRICS)
-        notes.append(f"reference: detections on the clean frames with conf >= {args.conf} "
-                     f"({maps['clean']['reference_objects']} objects); clean's own mAP is the ceiling")
-        per_class = {k: {c: v["map50_95"] for c, v in maps[k]["per_class"].items()} for k in kinds}
-    else:
-        fraction = {m: None for m in METRICS}
-        notes = ["no clean reference (pass --add-rain with clean footage): per-frame counts and confidences only"]
+    summary, fraction, notes, per_class = _footage_summary(rows, dets, kinds, args.conf, _model_names(yolo) or {},
+                                                           args.add_rain)
     report = {
         "clean": summary.get("clean", {}),
         "rainy": summary["rainy"],
