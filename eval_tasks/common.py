@@ -275,7 +275,8 @@ def gate_report(results: Mapping[str, Mapping[str, Any]], copies: Mapping[str, t
         return {}
     fraction, _ = recovered_fraction(results["clean"], results["rainy"], results["derained_gated"], metrics)
     return {"recovered_fraction_gated": fraction,
-            "gate": {c: read_gate_file(folder) for c, (folder, _) in copies.items() if c.endswith("_gated")}}
+            "gate": {c: results[c].get("gate") or read_gate_file(folder) for c, (folder, _) in copies.items()
+                     if c.endswith("_gated")}}
 
 
 def resolve_gate_arg(gate: str | float | None) -> float | None:

@@ -250,32 +250,62 @@ def _check_class_count(yolo, ds: YoloDataset, model: str, data: str | os.PathLik
                         f"{data} names {len(ds.names)}")
 
 
+@dataclass(frozen=True)
+class InputDeraining:
+    """Val of a copy with the derainer attached at the network input (``attach_derain(at="input")``)."""
+
+    derainer: torch.nn.Module
+    weights_sha: str
+    tile: int | None = None
+    gate: float | None = None
+
+    def key(self) -> dict[str, Any]:
+        return {"at": "input", "weights": self.weights_sha, "tile": self.tile, "gate": self.gate}
+
+
 def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cache: Path, out: Path, model: str,
-                imgsz: int, batch: int, device: str | None, workers: int) -> dict[str, dict[str, Any]]:
-    """``{copy: val_metrics}``, each cached in ``cache`` by (copy folder, model, imgsz, batch, device)."""
+                imgsz: int, batch: int, device: str | None, workers: int,
+                hooked: dict[str, InputDeraining] | None = None) -> dict[str, dict[str, Any]]:
+    """``{copy: val_metrics}``, each cached in ``cache`` by (copy folder, model, imgsz, batch, device, and for
+    the copies in ``hooked`` the deraining at the network input; their results hold the gate's counts)."""
+    from integrations import attach_derain, detach_derain
+    from integrations.ultralytics_hook import derain_gate_stats
+
     model_id = sha256_file(model) if Path(model).is_file() else str(model)
     results = {}
     for copy, (folder, _) in copies.items():
-        key = {"copy": folder.name, "model": model_id, "imgsz": imgsz, "batch": batch, "device": str(device)}
+        hook = (hooked or {}).get(copy)
+        key = {"copy": folder.name, "model": model_id, "imgsz": imgsz, "batch": batch, "device": str(device),
+               **({"derain": hook.key()} if hook else {})}
         mfile = cache / f"metrics-{copy}-{digest(key, 12)}.json"
         if mfile.is_file():
             results[copy] = json.loads(mfile.read_text())
-        else:
+            continue
+        if hook:
+            attach_derain(yolo, model=hook.derainer, tile=hook.tile, gate=hook.gate, at="input")
+        try:
             results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, imgsz, batch,
                                         device, workers)
-            atomic_write_text(mfile, json.dumps(results[copy]))
+            if hook and hook.gate is not None:
+                stats = derain_gate_stats(yolo)
+                results[copy]["gate"] = {"threshold": hook.gate, "derained": stats.derained, "passed": stats.passed}
+        finally:
+            detach_derain(yolo)
+        atomic_write_text(mfile, json.dumps(results[copy]))
     return results
 
 
 def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLike, rain: str, out: Path, *,
                    cache: Path | None = None, seed: int = 0, rain_scale: str = "1", device: str | None = None,
                    tile: int | None = None, imgsz: int = 640, batch: int = 1, workers: int = 0,
-                   derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None
-                   ) -> dict[str, Any]:
+                   derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None,
+                   derain_at: str = "frame") -> dict[str, Any]:
     """Detection mAP of the clean, rainy and derained copies of the dataset YAML ``data`` (its first ``limit``
     images), with the recovered fraction; writes report.json, report.md and plot.png to ``out`` and returns
     the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`);
-    ``gate`` ("auto" or a threshold) adds copies derained with the rain gate (see :func:`gate_report`)."""
+    ``gate`` ("auto" or a threshold) adds copies derained with the rain gate (see :func:`gate_report`).
+    ``derain_at="input"``: instead of derained copies of the images (each at its own resolution), the rainy
+    and clean copies are validated with the derainer attached to the detector's letterboxed input."""
     out = Path(out).absolute()
     cache = Path(cache or out / "cache").absolute()
     model = str(model)
@@ -286,8 +316,18 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
     derainer, wsha = load_derainer(weights, pick_device(device))
     yolo = _load_detector(model)
     _check_class_count(yolo, ds, model, data)
-    copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale, gate)
-    results = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers)
+    if derain_at not in ("frame", "input"):
+        raise EvalError(f"derain_at must be 'frame' or 'input', got {derain_at!r}")
+    hooked: dict[str, InputDeraining] = {}
+    if derain_at == "frame":
+        copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale, gate)
+    else:
+        copies = build_detection_copies(ds, cache, rain, seed, None, wsha, tile, False, rain_scale)
+        for suffix, g in [("", None)] + ([("_gated", gate)] if gate is not None else []):
+            for name, base in [("derained", "rainy")] + ([("clean_derained", "clean")] if derain_clean else []):
+                copies[name + suffix] = copies[base]
+                hooked[name + suffix] = InputDeraining(derainer, wsha, tile, g)
+    results = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers, hooked)
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     report = {
         **{c: {m: results[c][m] for m in METRICS} for c in results},
@@ -298,6 +338,7 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
         "config": {"mode": "dataset", "data": str(Path(data).resolve()), "model": model,
                    "weights": str(weights), "weights_sha256": wsha, "rain": rain, "rain_scale": rain_scale,
                    "seed": seed, "imgsz": imgsz, "batch": batch, "images": len(ds.images), "limit": limit,
+                   "derain_at": derain_at,
                    "metrics": "Ultralytics DetectionValidator (YOLO.val)"},
         "copies": {c: str(folder) for c, (folder, _) in copies.items()},
         "copies_reused": {c: was_cached for c, (_, was_cached) in copies.items()},
@@ -312,7 +353,7 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
     detect_dataset(args.data, args.model, args.weights, args.rain, args.out, cache=args.cache, seed=args.seed,
                    rain_scale=args.rain_scale, device=args.device, tile=args.tile, imgsz=args.imgsz,
                    batch=args.batch, workers=args.workers, derain_clean=args.derain_clean,
-                   limit=args.max_images, gate=args.gate)
+                   limit=args.max_images, gate=args.gate, derain_at=args.derain_at)
     return 0
 
 
@@ -577,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="dataset mode: dataloader workers of YOLO.val")
+    p.add_argument("--derain-at", choices=("frame", "input"), default="frame",
+                   help="dataset mode: derain each image at its own resolution (derained copies), or the "
+                        "detector's letterboxed input (attach_derain(at='input'))")
     p.add_argument("--derain-clean", action="store_true",
                    help="dataset mode: also evaluate the derained clean images (what deraining costs without rain)")
     return p
@@ -589,6 +633,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.add_rain or args.max_frames:
             raise EvalError("--add-rain and --max-frames are footage-mode options (--source); use --rain with --data")
         return evaluate_dataset(args)
+    if args.derain_at != "frame":
+        raise EvalError("--derain-at input is a dataset-mode option (--data); for footage see "
+                        "benchmarks/derain_resolution.py")
     if args.gate is not None:
         raise EvalError("--gate is a dataset-mode option (--data); in footage mode derain with "
                         "python -m jdnet_plugin.derain --gate auto and pass the result as --source")

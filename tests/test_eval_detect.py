@@ -281,3 +281,27 @@ def test_read_yolo_dataset_reports_ultralytics_complaints(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
         read_yolo_dataset(tmp_path / "nowhere.yaml")
     assert read_yolo_dataset(yaml_path).names[0] == "class0"
+
+
+def test_dataset_mode_derain_at_input(tmp_path, yolo_pt, weights, capsys):
+    """--derain-at input: no derained copies; the rainy/clean copies are validated with the derainer at the
+    detector's input (what attach_derain(at="input") does), with and without the gate; cached on rerun."""
+    yaml_path = make_dataset(tmp_path / "ds", n=2)
+    argv = ["--data", yaml_path, "--model", yolo_pt, "--weights", weights, "--rain", "light", "--out",
+            tmp_path / "out", "--imgsz", 64, "--derain-clean", "--gate", "1e9", "--derain-at", "input"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["derain_at"] == "input"
+    assert report["copies"]["derained"] == report["copies"]["rainy"]  # the rainy images, derained in val
+    assert report["derained_gated"] == report["rainy"] and report["clean_derained_gated"] == report["clean"]
+    assert report["gate"]["derained_gated"] == {"threshold": 1e9, "derained": 0, "passed": 2}
+    metrics = sorted((tmp_path / "out" / "cache").glob("metrics-*.json"))
+    assert len(metrics) == 6  # clean, rainy, derained, clean_derained and the two gated, each its own key
+    mtimes = [m.stat().st_mtime_ns for m in metrics]
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    assert [m.stat().st_mtime_ns for m in metrics] == mtimes  # every metric reused
+    rc, _, err = run(["--source", tmp_path / "ds" / "images" / "val", "--model", yolo_pt, "--weights", weights,
+                      "--out", tmp_path / "f", "--derain-at", "input"], capsys)
+    assert rc == 2 and "dataset-mode option" in err
