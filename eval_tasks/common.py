@@ -24,7 +24,7 @@ from tqdm import tqdm
 from jdnet_plugin.checkpoint import load_model, weights_file
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
-from jdnet_plugin.gate import GateStats, gate_threshold
+from jdnet_plugin.gate import GATE_VERSION, GateStats, gate_threshold
 from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.rain import preset_digest
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
@@ -258,7 +258,8 @@ def gated_copies(cache: Path, gate: float | None, model: torch.nn.Module, tile: 
             atomic_write_text(tmp / GATE_FILE, json.dumps({"threshold": gate, "derained": stats.derained,
                                                            "passed": stats.passed}))
 
-        out[copy] = cached_copy(cache, f"{name}-gate{gate:g}", {**key, "gate": gate}, build)
+        out[copy] = cached_copy(cache, f"{name}-gate{gate:g}", {**key, "gate": gate, "gate_version": GATE_VERSION},
+                                build)
     return out
 
 

@@ -40,6 +40,7 @@ from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_li
                                files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
                                map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
                                resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["YoloDataset", "read_yolo_dataset", "limit_dataset", "build_detection_copies", "val_metrics",
@@ -78,17 +79,21 @@ def _inside(path: Path, root: Path, what: str) -> Path:
 
 
 def _checked_dataset(yaml_path: Path, split: str) -> dict[str, Any]:
-    """Ultralytics' own ``check_det_dataset`` (what ``YOLO.val`` reads), never downloading; its complaints
-    become :class:`EvalError` naming the file."""
+    """Ultralytics' own ``check_det_dataset`` (what ``YOLO.val`` reads; no dataset download), with the
+    ``split`` checked here (older 8.3 releases have no ``split`` argument); its complaints become
+    :class:`EvalError` naming the file."""
     from ultralytics.data.utils import check_det_dataset
 
     if not yaml_path.is_file():
         raise FileNotFoundError(f"dataset YAML {yaml_path} not found")
     try:
-        return check_det_dataset(str(yaml_path), autodownload=False, split=split)
-    except (SyntaxError, TypeError, ValueError, KeyError, OSError, yaml.YAMLError) as e:
+        data = check_det_dataset(str(yaml_path), autodownload=False)
+    except (SyntaxError, TypeError, ValueError, OSError, yaml.YAMLError) as e:
         message = " ".join("".join(c for c in str(e) if c.isascii()).split())  # one line, without emojis
         raise EvalError(f"{yaml_path}: {message}") from None
+    if not data.get(split):
+        raise EvalError(f"{yaml_path}: no '{split}' key naming the images to evaluate")
+    return data
 
 
 def _split_images(entry: Path, root: Path, lists: dict[str, list[Path]]) -> list[Path]:
@@ -120,7 +125,7 @@ def read_yolo_dataset(path: str | os.PathLike, split: str = "val") -> YoloDatase
     yaml_path = Path(path)
     data = _checked_dataset(yaml_path, split)
     names = {int(k): str(v) for k, v in data["names"].items()}
-    root = Path(data["path"]).absolute()
+    root = Path(data["path"]).resolve()  # as check_det_dataset resolves the entries
     if not root.is_dir():
         raise EvalError(f"{yaml_path}: dataset root {root} is not a folder")
     entries = [Path(e) for e in (data[split] if isinstance(data[split], list) else [data[split]])]
@@ -260,7 +265,8 @@ class InputDeraining:
     gate: float | None = None
 
     def key(self) -> dict[str, Any]:
-        return {"at": "input", "weights": self.weights_sha, "tile": self.tile, "gate": self.gate}
+        return {"at": "input", "weights": self.weights_sha, "tile": self.tile, "gate": self.gate,
+                "gate_version": GATE_VERSION}
 
 
 def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cache: Path, out: Path, model: str,
@@ -636,7 +642,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.derain_at != "frame":
         raise EvalError("--derain-at input is a dataset-mode option (--data); for footage see "
                         "benchmarks/derain_resolution.py")
-    if args.gate is not None:
+    if resolve_gate_arg(args.gate) is not None:
         raise EvalError("--gate is a dataset-mode option (--data); in footage mode derain with "
                         "python -m jdnet_plugin.derain --gate auto and pass the result as --source")
     if args.rain or args.max_images:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval_tasks.common import (EvalError, cli_main, digest, files_fingerprint, load_derainer, markdown_table,
+from eval_tasks.common import (cli_main, digest, files_fingerprint, load_derainer, markdown_table,
                                pick_device, sha256_file, to_jsonable, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS, paired_dataset, score_pairs

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from jdnet_plugin.gate import GateSpec, GateStats, gate_threshold
-from jdnet_plugin.inference import rain_score
+from jdnet_plugin.inference import gated
 
 from ._weights import WeightsSource, resolve_derainer, run_derainer
 
@@ -229,15 +229,7 @@ class DerainSegmenter(SegmenterAdapter):
         return self.derain(x)
 
     def derain(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_threshold is not None:
-            keep = rain_score(self.derainer, x.detach()) >= self.gate_threshold
-            self.gate_stats.update(keep)
-            if not keep.all():
-                out = x.clone()
-                if keep.any():
-                    out[keep] = self._run(x[keep])
-                return out
-        return self._run(x)
+        return gated(self.derainer, x, self.gate_threshold, self._run, gate_stats=self.gate_stats)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.freeze_derainer:

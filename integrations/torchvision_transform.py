@@ -62,7 +62,8 @@ class JDNetTransform(Transform):
     the GPU (``batch = transform(batch.to("cuda"))``), not inside the dataset.
 
     ``gate="auto"`` (or a threshold) leaves images without rain untouched (:mod:`jdnet_plugin.gate`);
-    ``gate_stats`` counts how many were derained and passed through.
+    ``gate_stats`` counts how many were derained and passed through (in DataLoader workers each worker counts
+    in its own copy of the transform).
 
     >>> t = JDNetTransform("checkpoints/jdnet.pt")  # doctest: +SKIP
     >>> img, target = t(img, {"boxes": boxes, "labels": labels})  # doctest: +SKIP

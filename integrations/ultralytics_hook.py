@@ -14,7 +14,8 @@ float in [0, 1]) is derained before the detector; plain ``model.val(data=...)`` 
 inputs. Validation inside ``model.train()`` is left alone (training batches are not derained).
 
 ``gate="auto"`` (or a threshold) passes frames without rain through untouched (:mod:`jdnet_plugin.gate`);
-:func:`derain_gate_stats` says how many were derained.
+:func:`derain_gate_stats` says how many were derained. With ``at="input"`` (and in val) the gate scores the
+letterboxed input, which holds finer streaks less well when frames are much larger than ``imgsz``.
 """
 from __future__ import annotations
 

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUTO_THRESHOLD", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold", "streak_score",
+__all__ = ["AUTO_THRESHOLD", "GATE_VERSION", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold", "streak_score",
            "crop_boxes"]
 
 # benchmarks/gate_calibration.py (default weights): see the README's "Rain gate" table for what it passes.
 AUTO_THRESHOLD = 1.25
+GATE_VERSION = 1  # of the score: part of every cache key of gated results; bump when the score changes
 GATE_CROP = 128   # side of the square crops the score is computed on, at the image's own resolution
 GATE_CROPS = 6    # crops per image, spread over a grid
 _WINDOW = 9       # structure tensor window (pixels)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 
 from .gate import GateSpec, GateStats, crop_boxes, gate_threshold, streak_score
 
-__all__ = ["rain_score", "MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
+__all__ = ["rain_score", "gated", "MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
            "tile_starts", "balanced_tile", "tile_weights", "derain", "get_model"]
 
 # Pixels per forward call (batch x H x W) before tiling: at most 1 MP, fewer where the model's working memory
@@ -161,16 +162,6 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
                              max_pixels=max_pixels, gate=gate, gate_stats=gate_stats)[0]
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    threshold = gate_threshold(gate)
-    if threshold is not None:
-        keep = rain_score(model, x, dtype=dtype) >= threshold
-        if gate_stats is not None:
-            gate_stats.update(keep)
-        out = x.clamp(0, 1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        if keep.any():
-            out[keep] = derain_tensor(model, x[keep], tile=tile, overlap=overlap, batch_size=batch_size,
-                                      dtype=dtype, max_pixels=max_pixels)
-        return out
     if max_pixels is None:
         max_pixels = default_max_pixels(model)
     if batch_size < 1 or max_pixels < 1 or overlap < 0:
@@ -183,12 +174,16 @@ def derain_tensor(model: nn.Module, x: torch.Tensor, *, tile: int | None = None,
     if tile is not None and tile - overlap < 2 * align - 1:
         raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) by at least {2 * align - 1} for this "
                          f"model (twice its tile alignment {align}, less one)")
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if gate_threshold(gate) is not None:
+        return gated(model, x.clamp(0, 1).to(out_dtype), gate, lambda t: derain_tensor(
+            model, t, tile=tile, overlap=overlap, batch_size=batch_size, dtype=dtype, max_pixels=max_pixels),
+            gate_stats=gate_stats, dtype=dtype)
     p = _param(model)
     device = p.device if p is not None else x.device
     compute = p.dtype if p is not None and p.is_floating_point() else torch.float32
     autocast = _dtype(dtype)
     autocast = autocast if autocast not in (None, torch.float32, compute) else None
-    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
 
     with torch.inference_mode():
         if tile is None or (h <= tile and w <= tile):
@@ -211,8 +206,31 @@ def rain_score(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | str | 
         return rain_score(model, x[None], dtype=dtype)[0]
     boxes = crop_boxes(*x.shape[-2:])
     crops = torch.stack([x[i, :, y:y + s, x0:x0 + s] for i in range(x.shape[0]) for y, x0, s in boxes]).float()
-    derained = derain_tensor(model, crops, batch_size=len(boxes), dtype=dtype).to(crops.device)
+    training = model.training
+    model.eval()  # calibrated in eval mode; a model being trained keeps its state
+    try:
+        derained = derain_tensor(model, crops, batch_size=len(boxes), dtype=dtype).to(crops.device)
+    finally:
+        model.train(training)
     return streak_score(crops.clamp(0, 1), derained).view(x.shape[0], len(boxes)).mean(1).to(x.device)
+
+
+def gated(model: nn.Module, x: torch.Tensor, gate: GateSpec, run: Callable[[torch.Tensor], torch.Tensor], *,
+          gate_stats: GateStats | None = None, dtype: torch.dtype | str | None = None) -> torch.Tensor:
+    """``run`` on the images of ``(B, 3, H, W)`` whose :func:`rain_score` reaches ``gate``'s threshold, the others
+    as they are (``run(x)`` without a gate); ``gate_stats`` counts both. Autograd flows through ``run``."""
+    threshold = gate_threshold(gate)
+    if threshold is None:
+        return run(x)
+    keep = rain_score(model, x.detach(), dtype=dtype) >= threshold
+    if gate_stats is not None:
+        gate_stats.update(keep)
+    if keep.all():
+        return run(x)
+    out = x.clone()
+    if keep.any():
+        out[keep] = run(x[keep]).to(out.dtype)
+    return out
 
 
 def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, align: int, n_max: int, max_pixels: int,

@@ -127,8 +127,8 @@ def test_gate(tmp_path, weights, capsys):
     args = [str(src), "--weights", str(weights), "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "closed"), "--gate", "1e9"]) == 0
     assert "0 images or frames derained, 3 without rain copied unchanged" in capsys.readouterr().out
-    for i in range(3):  # passed through: the same pixels
-        assert np.array_equal(read_image(tmp_path / "closed" / f"{i}.png"), read_image(src / f"{i}.png"))
+    for i in range(3):  # passed through: the file itself
+        assert (tmp_path / "closed" / f"{i}.png").read_bytes() == (src / f"{i}.png").read_bytes()
     assert main([*args, "--out", str(tmp_path / "open"), "--gate", "0"]) == 0
     assert "3 images or frames derained, 0 without" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0

@@ -176,3 +176,24 @@ def test_gate(tiny):
     assert opened.gate_stats.derained == 2
     with pytest.raises(ValueError, match="gate must be"):
         DerainSegmenter(TinySegNet(), model=tiny, gate=-1)
+
+
+class _VerticalLineRemover(nn.Module):
+    """A stand-in derainer in half precision (as under autocast): removes thin vertical bright lines and leaves
+    flat images alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (3, 3, 0, 0), mode="replicate"), (1, 7), 1)
+        return y.to(torch.bfloat16)
+
+
+def test_gate_on_a_mixed_batch_in_half_precision():
+    """One rainy and one flat image: only the rainy one is derained, in any dtype the derainer returns."""
+    rainy = torch.full((3, 40, 48), 0.4)
+    rainy[:, 5:35, ::6] = 0.9  # vertical streaks
+    flat = torch.full((3, 40, 48), 0.4)
+    x = torch.stack([rainy, flat])
+    model = DerainSegmenter(TinySegNet(), model=_VerticalLineRemover(), pad_multiple=4, gate="auto").eval()
+    y = model.derain(x)
+    assert y.dtype == x.dtype and torch.equal(y[1], flat) and not torch.allclose(y[0], rainy, atol=0.05)
+    assert (model.gate_stats.derained, model.gate_stats.passed) == (1, 1)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..gate import GateStats, gate_threshold
 from ..inference import derain as derain_array
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
+from ..utils.atomic import atomic_copy
 from ..video import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, read_frames, video_info
 from ..training.distributed import DistInfo, cleanup_distributed, init_distributed
 from ._common import CLIError, add_model_args, device_from_args, inference_kwargs, model_from_args, run_cli
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _Runner:
     def __init__(self, model, kwargs: dict, side_by_side: bool, batch_size: int, show: bool) -> None:
         self.model, self.kwargs, self.sbs, self.batch_size, self.show = model, kwargs, side_by_side, batch_size, show
+        self.gated = gate_threshold(kwargs.get("gate")) is not None
         self.failed: list[str] = []
         self.written = 0
 
@@ -129,15 +131,19 @@ class _Runner:
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     def images(self, group: list[tuple[Job, np.ndarray]]) -> None:
-        try:  # grayscale as (H, W, 1), so that a stack of them is an (N, H, W, 1) batch
-            outs = self._derain(np.stack([a[..., None] if a.ndim == 2 else a for _, a in group]))
+        batch = np.stack([a[..., None] if a.ndim == 2 else a for _, a in group])  # grayscale as (H, W, 1)
+        try:
+            outs = self._derain(batch)
         except (RuntimeError, ValueError) as e:
             for job, _ in group:
                 self.report(f"{job.src}: deraining failed: {e}")
             return
-        for (job, _), y in zip(group, outs):
+        for (job, _), a, y in zip(group, batch, outs):
             try:
-                write_image(job.dst, y)  # (H, W, 1) is written as grayscale
+                if self.gated and not self.sbs and np.array_equal(a, y):
+                    atomic_copy(job.src, job.dst)  # passed by the rain gate: the file itself, not re-encoded
+                else:
+                    write_image(job.dst, y)  # (H, W, 1) is written as grayscale
                 self.written += 1
             except (OSError, ValueError) as e:
                 self.report(f"{job.src}: cannot write {job.dst}: {e}")
@@ -175,11 +181,11 @@ def _launched_ranks() -> tuple[int, int]:
         raise CLIError(f"bad LOCAL_RANK / WORLD_SIZE in the environment: {e}") from e
 
 
-def _total(dist_info: DistInfo, device: torch.device, counts: list[int]) -> list[int]:
+def _total(dist_info: DistInfo, counts: list[int]) -> list[int]:
     """``counts`` summed over the ranks (every rank's own under one process)."""
     if not dist_info.enabled:
         return counts
-    t = torch.tensor(counts, dtype=torch.long, device=device if device.type == "cuda" else "cpu")
+    t = torch.tensor(counts, dtype=torch.long)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -194,19 +200,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out} exists and is not a folder")
     local_rank, _ = _launched_ranks()
     device = device_from_args(args, local_rank)
-    jobs, missing = collect_jobs(args.inputs, args.out)
-    if not jobs:
-        raise CLIError("nothing to derain: " + ("; ".join(missing) if missing else "no inputs"))
-    model = model_from_args(args, device)
-    dist_info = init_distributed(device)
+    # gloo on any device: the ranks only wait for each other and add up their counts.
+    dist_info = init_distributed(device, backend="gloo")
     try:
-        return _run_jobs(args, model, kwargs, jobs[dist_info.rank::dist_info.world_size], missing, dist_info, device)
+        jobs, missing = collect_jobs(args.inputs, args.out)
+        if not jobs:
+            raise CLIError("nothing to derain: " + ("; ".join(missing) if missing else "no inputs"))
+        model = model_from_args(args, device)
+        if dist_info.enabled:
+            dist.barrier()  # every rank has listed the inputs before any writes an output
+        return _run_jobs(args, model, kwargs, jobs[dist_info.rank::dist_info.world_size], missing, dist_info)
     finally:
         cleanup_distributed()
 
 
 def _run_jobs(args: argparse.Namespace, model, kwargs: dict, jobs: list[Job], missing: list[str],
-              dist_info: DistInfo, device: torch.device) -> int:
+              dist_info: DistInfo) -> int:
     if dist_info.is_main:
         for m in missing:
             print(f"error: {m}", file=sys.stderr)
@@ -230,7 +239,7 @@ def _run_jobs(args: argparse.Namespace, model, kwargs: dict, jobs: list[Job], mi
         group.append((job, img))
     if group:
         runner.images(group)
-    written, total, failed, derained, passed = _total(dist_info, device, [
+    written, total, failed, derained, passed = _total(dist_info, [
         runner.written, len(jobs), len(runner.failed), stats.derained, stats.passed])
     failed += len(missing)
     if dist_info.is_main:

@@ -23,7 +23,6 @@ import fnmatch
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_rgb, write_rgb
 from ..rain.files import file_rain, file_seed, parse_scale
-from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.atomic import atomic_copy, atomic_write_text
 from ._common import CLIError, run_cli
 
 __all__ = ["main", "build_parser", "plan", "file_seed", "rewrite_dataset_yaml", "DEFAULT_KEEP"]
@@ -177,9 +176,7 @@ def _worker_init() -> None:
 
 
 def _copy(job: Job) -> None:
-    with atomic_path(job.dst) as tmp:
-        shutil.copyfile(job.src, tmp)
-    shutil.copymode(job.src, job.dst)
+    atomic_copy(job.src, job.dst)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,13 +39,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); one process otherwise."""
+def init_distributed(device: torch.device, backend: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); one process otherwise. ``backend``:
+    NCCL on CUDA and gloo on the CPU by default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend or ("nccl" if device.type == "cuda" else "gloo"))
     return DistInfo(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
                     world_size=dist.get_world_size())
 

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from ..checkpoint import load_model, load_state_dict_checked, read_checkpoint, s
 from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
 from ..registry import create_model
-from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.atomic import atomic_copy, atomic_write_text
 from ..utils.machine import describe_machine
 from .config import ConfigError, config_differences, validate_config
 from .distributed import cleanup_distributed, init_distributed, resolve_device
@@ -291,8 +290,7 @@ class Trainer:
         first = self.out / names[0]
         save_checkpoint(first, self.model, **extra)
         for name in names[1:]:  # identical content: copy the file atomically rather than serialise again
-            with atomic_path(self.out / name) as tmp:
-                shutil.copyfile(first, tmp)
+            atomic_copy(first, self.out / name)
 
     # ---- validation ------------------------------------------------------------------------------------
     @torch.no_grad()

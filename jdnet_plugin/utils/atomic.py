@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "atomic_copy"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -43,6 +43,15 @@ def _write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` (bytes and permission bits) through a temporary file."""
+    import shutil
+
+    _write_with(dst, lambda p: shutil.copyfile(src, p))
+    shutil.copymode(src, dst)
+    return Path(dst)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
