@@ -333,7 +333,8 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     derained with the rain gate."""
     out, torch_device = Path(out).absolute(), pick_device(device)
     cache = Path(cache or out / "cache").absolute()
-    images, masks, missing = pair_masks(Path(images_dir), Path(masks_dir))
+    images_dir, masks_dir = Path(images_dir).absolute(), Path(masks_dir).absolute()  # relative paths too
+    images, masks, missing = pair_masks(images_dir, masks_dir)
     check_limit(limit)
     images, masks = (images[:limit], masks[:limit]) if limit else (images, masks)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
@@ -341,7 +342,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     lut, names = _class_setup(class_map, class_names, num_classes, ignore_index)
     seg = Segmenter(load_segmenter(str(model), torch_device)).to(torch_device)
     derainer, wsha = load_derainer(weights, torch_device)
-    root = Path(images_dir).absolute()
+    root = images_dir
     source = {"images": str(root.resolve()), "fingerprint": files_fingerprint(images, root)}
     copies = _segment_copies(images, root, source, cache, rain, seed, rain_scale, derainer, wsha, tile, derain_clean,
                              gate)

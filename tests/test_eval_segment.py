@@ -267,3 +267,15 @@ def test_gate_copies(tmp_path, weights, capsys):
         (tmp_path / "out1e9" / "report.md").read_text()
     rc, _, err = run([*base, "--out", tmp_path / "bad", "--gate", "sometimes"], capsys)
     assert rc == 2 and "--gate" in err
+
+
+def test_relative_paths(tmp_path, weights, capsys, monkeypatch):
+    """The README's command passes relative folders (../shared/...)."""
+    make_dataset(tmp_path / "ds", n=1)
+    scripted(tmp_path / "seg.torchscript")
+    monkeypatch.chdir(tmp_path / "ds")
+    rc, _, err = run(["--images", "images", "--masks", "../ds/masks", "--model", "../seg.torchscript",
+                      "--num-classes", 3, "--ignore-index", IGNORE, "--rain", "light", "--weights", weights,
+                      "--out", "out"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "ds" / "out" / "report.json").read_text())["clean"]["miou"] == pytest.approx(1.0)
