@@ -92,6 +92,20 @@ def derain_frames(frames: Any, model: nn.Module, tile: int | None = None, gate: 
     return derain(frames, model, bgr=True, tile=tile, gate=gate, gate_stats=gate_stats)
 
 
+LETTERBOX_PAD = 114  # Ultralytics' LetterBox fill value (uint8)
+
+
+def letterbox_content(img: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the smallest box of ``(..., H, W)`` letterboxed images (all of them) outside of
+    which every pixel is the letterbox fill; the whole image when there is no such border."""
+    pad = LETTERBOX_PAD if not img.is_floating_point() else torch.tensor(LETTERBOX_PAD / 255, dtype=img.dtype)
+    content = (img != pad).reshape(-1, *img.shape[-2:]).any(0)
+    rows, cols = content.any(1).nonzero().flatten(), content.any(0).nonzero().flatten()
+    if rows.numel() == 0:
+        return 0, img.shape[-2], 0, img.shape[-1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def unwrap_preprocess(owner) -> Callable:
     """Undo a wrapper of ``owner.preprocess`` put there by a hook; returns the plain ``preprocess``."""
     original = getattr(owner.preprocess, "_jdnet_original", None)
@@ -116,11 +130,16 @@ class _Hook:
         return self.derainer
 
     def derain_input(self, img: torch.Tensor) -> torch.Tensor:
-        """The detector's input batch (letterboxed, RGB, float in [0, 1] or uint8), derained, same dtype."""
+        """The detector's input batch (letterboxed, RGB, float in [0, 1] or uint8), derained, same dtype: only
+        the part inside the letterbox's padding (a square 640 input of a 16:9 frame is a quarter padding)."""
         model, kw = self.model_on(img.device), dict(tile=self.tile, gate=self.gate, gate_stats=self.gate_stats)
-        if img.is_floating_point():
-            return derain_batch(model, img, **kw).to(img.dtype)
-        return derain_image(img, model, **kw)  # a validator that hands on uint8 keeps uint8
+        y0, y1, x0, x1 = letterbox_content(img)
+        if (y1 - y0, x1 - x0) == tuple(img.shape[-2:]):
+            return derain_batch(model, img, **kw).to(img.dtype) if img.is_floating_point() else \
+                derain_image(img, model, **kw)  # a validator that hands on uint8 keeps uint8
+        out = img.clone()
+        out[..., y0:y1, x0:x1] = self.derain_input(img[..., y0:y1, x0:x1].contiguous())
+        return out
 
     def wrap_preprocess(self, owner, image_of: Callable[[Any], torch.Tensor], replace: Callable) -> None:
         preprocess = unwrap_preprocess(owner)

@@ -16,7 +16,7 @@ cv2 = pytest.importorskip("cv2")
 from integrations import attach_derain, detach_derain, load_yolo  # noqa: E402
 from integrations._weights import derain_batch  # noqa: E402
 from integrations.ultralytics_hook import (check_ultralytics, derain_frames, derain_gate_stats,  # noqa: E402
-                                          is_derain_attached)
+                                          is_derain_attached, letterbox_content)
 
 IMGSZ = 64
 
@@ -129,6 +129,14 @@ def test_hook_changes_input_keeps_caller_array_and_detach_restores(yolo, tiny, k
         spy.handle.remove()
 
 
+def _derained_input(tiny, x: torch.Tensor) -> torch.Tensor:
+    """A letterboxed batch with the part inside the padding derained (what the hook does to network inputs)."""
+    y0, y1, x0, x1 = letterbox_content(x)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = derain_batch(tiny, x[..., y0:y1, x0:x1].contiguous())
+    return out
+
+
 def test_derain_at_network_input_and_gate(yolo, tiny, kw):
     spy = Spy(_network(yolo, kw))
     try:
@@ -136,8 +144,12 @@ def test_derain_at_network_input_and_gate(yolo, tiny, kw):
         plain, (x_plain,) = _predict(yolo, img, kw, spy)
         attach_derain(yolo, model=tiny, at="input")
         hooked, (x_hooked,) = _predict(yolo, img, kw, spy)
-        # the detector saw its own letterboxed input, derained; orig_img stays the caller's frame
-        torch.testing.assert_close(x_hooked, derain_batch(tiny, x_plain))
+        # the detector saw its own letterboxed input, the part inside the padding derained; orig_img stays
+        # the caller's frame
+        y0, y1, x0, x1 = letterbox_content(x_plain)
+        assert (y1 - y0) * (x1 - x0) < x_plain.shape[-2] * x_plain.shape[-1]  # 96x128 in 64x64: padded rows
+        torch.testing.assert_close(x_hooked, _derained_input(tiny, x_plain))
+        assert torch.equal(x_hooked[..., :y0, :], x_plain[..., :y0, :])  # the padding stays the fill value
         assert np.array_equal(hooked[0].orig_img, img)
         attach_derain(yolo, model=tiny, at="frame")  # re-attaching drops the input wrapper
         _, (x_frame,) = _predict(yolo, img, kw, spy)
@@ -261,7 +273,7 @@ def test_val_on_derained_inputs(yolo, tiny, tmp_path):
     x_hooked = [x for x in x_hooked if x.shape[0] == 2]
     assert len(x_plain) == len(x_hooked) == 2
     for a, b in zip(x_plain, x_hooked):
-        torch.testing.assert_close(b, derain_batch(tiny, a))  # the validator's letterboxed batch, derained
+        torch.testing.assert_close(b, _derained_input(tiny, a))  # the validator's letterboxed batch, derained
     assert 0 <= m_hooked.box.map <= 1 and 0 <= m_plain.box.map <= 1
     assert all(p.is_relative_to(tmp_path) for p in [Path(m_hooked.save_dir)])
 
@@ -288,3 +300,14 @@ def test_torchscript_detector(shared_dir, tiny, kw):
     assert np.array_equal(img, before)
     assert torch.equal(again[0].boxes.data, plain[0].boxes.data)
     assert np.array_equal(hooked[0].orig_img, derain_frames([img], tiny)[0])
+
+
+def test_letterbox_content():
+    x = torch.full((2, 3, 64, 64), 114 / 255)
+    x[0, :, 10:50, 3:60] = 0.0
+    x[1, :, 12:40, 5:61] = 1.0
+    assert letterbox_content(x) == (10, 50, 3, 61)  # the union over the batch
+    u = torch.full((1, 3, 8, 8), 114, dtype=torch.uint8)
+    assert letterbox_content(u) == (0, 8, 0, 8)  # all fill: the whole image
+    u[..., 2:5, :] = 7
+    assert letterbox_content(u) == (2, 5, 0, 8)
