@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     rain = rain_fn(args.rain, 0)
     clean = list(read_frames(args.source, args.frames))
     rainy = [rain(f, str(i)) for i, f in enumerate(clean)]
-    derainers = {"jdnet-lite": load_model(args.weights).eval(), "jdnet (random weights)": create_model("jdnet").eval()}
+    derainers = {"jdnet-lite": load_model(args.weights).eval()}
+    if args.paper_frames > 0:
+        derainers["jdnet (random weights)"] = create_model("jdnet").eval()
     names = dict(yolo.names) if getattr(yolo, "names", None) else {}
     rows = []
     for imgsz in args.imgsz:
