@@ -335,7 +335,13 @@ def cached_copy(cache_root: Path, name: str, key: Mapping[str, Any], build: Call
         build(tmp, final)
         atomic_write_text(tmp / MARKER, json.dumps({"key": to_jsonable(dict(key)), "created": time.time()},
                                                    indent=1))
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / MARKER).is_file():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same copy first: the same pixels, use it
+            return final, True
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -273,3 +273,18 @@ def test_quick_report_with_shared_detector(tmp_path, shared_dir, weights, capsys
     assert det["recovered_fraction"] == pytest.approx((d - r) / (c - r))
     assert set(det["clean_derained"]) == {"map50", "map50_95"}
     assert (out / "detection" / "report.json").is_file()
+
+
+def test_cached_copy_two_processes_build_the_same_copy(tmp_path):
+    """A second builder that finishes after the first uses the first's copy instead of failing."""
+    from eval_tasks.common import MARKER, cached_copy
+
+    def build_second(tmp: Path, final: Path) -> None:
+        (tmp / "a.txt").write_text("mine")
+        final.mkdir()  # meanwhile another process finishes the same copy
+        (final / "a.txt").write_text("theirs")
+        (final / MARKER).write_text("{}")
+
+    folder, reused = cached_copy(tmp_path, "copy", {"k": 1}, build_second)
+    assert reused and (folder / MARKER).is_file() and (folder / "a.txt").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no partial folder left behind
