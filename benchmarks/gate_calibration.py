@@ -25,6 +25,7 @@ from eval_tasks.common import rain_fn, transplant_fn  # noqa: E402
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.gate import AUTO_THRESHOLD  # noqa: E402
 from jdnet_plugin.inference import rain_score  # noqa: E402
+from jdnet_plugin.registry import get_weights, list_weights  # noqa: E402
 from jdnet_plugin.io import IMAGE_EXTENSIONS, read_image  # noqa: E402
 from jdnet_plugin.utils.machine import describe_machine  # noqa: E402
 
@@ -75,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="default")
     p.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     p.add_argument("--per-set", type=int, default=40, help="images per set (spread over the folder)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gate")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/gate/<weights name>")
     args = p.parse_args(argv)
+    if args.out is None:
+        registered = args.weights in list_weights()
+        name = get_weights(args.weights).name.split(".", 1)[1] if registered else Path(args.weights).stem
+        args.out = ROOT / "benchmarks" / "results" / "gate" / name
     model = load_model(args.weights).eval()
     sets = score_sets(model, args.shared, args.per_set)
     labelled = [s for s in sets.values() if s["rainy"] is not None]

@@ -152,5 +152,14 @@ register_weights(PretrainedWeights(
     description="jdnet-lite, 1500 steps from scratch (batch 12, 96x96) + 1600 fine-tuning steps (batch 8, 128x128), "
                 "negative SSIM, 10 % dry crops, on the 548 clean photos of ../shared/data/clean but Kodak24 with "
                 "the broad rain (every source of jdnet_plugin.rain); no benchmark image (configs/train_broad_weights.sh)",
+))  # the default from 2026-12-05 (first session) to 2026-12-05 (second)
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s3",
+    file="jdnet-lite-broadrain-s3.pt",
+    sha256="d4ac7c1a3c65836bfd6ee9c86ba4606173035499a293cdf528352d22fabb2af4",
+    model="jdnet-lite",
+    description="jdnet-lite.broadrain fine-tuned 1200 more steps (stage 3: batch 8, 128x128, Adam 1.5e-4, negative "
+                "SSIM, 10 % dry crops) on the same 548 clean photos with the broad rain; no benchmark image "
+                "(configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
 ), preset_default=True)
