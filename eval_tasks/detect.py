@@ -411,7 +411,7 @@ def detections_map(preds: Sequence[dict[str, np.ndarray]], refs: Sequence[dict[s
     """mAP50 / mAP50-95 of per-frame detections against reference detections (those with
     ``conf >= ref_conf`` count as ground truth), with Ultralytics' matching and ``ap_per_class``."""
     from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils.metrics import ap_per_class, box_iou
+    from ultralytics.utils.metrics import Metric, ap_per_class, box_iou
 
     import tempfile
 
@@ -435,12 +435,13 @@ def detections_map(preds: Sequence[dict[str, np.ndarray]], refs: Sequence[dict[s
     target = np.concatenate(tcls) if tcls else np.zeros(0, np.int64)
     if target.size == 0:
         return {"map50": None, "map50_95": None, "per_class": {}, "reference_objects": 0}
-    res = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), target,
-                       names=names or {})
-    ap, classes = res[5], res[6]
-    per_class = {(names or {}).get(int(c), str(int(c))): {"map50": float(ap[j, 0]), "map50_95": float(ap[j].mean())}
-                 for j, c in enumerate(classes)}
-    return {"map50": float(ap[:, 0].mean()), "map50_95": float(ap.mean()), "per_class": per_class,
+    box = Metric()  # Ultralytics' own metrics object, read by name
+    box.update(ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), target,
+                            names=names or {})[2:])  # [2:]: what DetMetrics.process hands to Metric.update
+    per_class = {(names or {}).get(int(c), str(int(c))): {"map50": float(box.all_ap[j, 0]),
+                                                          "map50_95": float(box.all_ap[j].mean())}
+                 for j, c in enumerate(box.ap_class_index)}
+    return {"map50": float(box.map50), "map50_95": float(box.map), "per_class": per_class,
             "reference_objects": int(target.size)}
 
 
