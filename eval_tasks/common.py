@@ -455,11 +455,12 @@ def finish_report(out: Path, report: dict, title: str, metrics: Sequence[str], c
                 and isinstance(report[f"clean_derained{suffix}"].get(m), float)}
     table = markdown_table(["copy", *metrics], [[c, *(report[c].get(m) for m in metrics)] for c in copies])
     frac = report["recovered_fraction"]
-    frac_line = "recovered fraction (derained - rainy) / (clean - rainy): " + ", ".join(
-        f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in frac.items())
+    def fractions(values: Mapping[str, float | None]) -> str:
+        return ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in values.items())
+
+    frac_line = "recovered fraction (derained - rainy) / (clean - rainy): " + fractions(frac)
     if "recovered_fraction_gated" in report:
-        frac_line += "; with the rain gate (derained_gated): " + ", ".join(
-            f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in report["recovered_fraction_gated"].items())
+        frac_line += "; with the rain gate (derained_gated): " + fractions(report["recovered_fraction_gated"])
     md = [f"# {title}: clean vs rainy vs derained", "", table, "", frac_line, ""]
     for suffix in ("", "_gated"):
         if f"clean_cost{suffix}" in report:

@@ -40,6 +40,7 @@ from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_li
                                files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
                                map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
                                resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+from integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_write_text
 
@@ -322,8 +323,8 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
     derainer, wsha = load_derainer(weights, pick_device(device))
     yolo = _load_detector(model)
     _check_class_count(yolo, ds, model, data)
-    if derain_at not in ("frame", "input"):
-        raise EvalError(f"derain_at must be 'frame' or 'input', got {derain_at!r}")
+    if derain_at not in DERAIN_AT:
+        raise EvalError(f"derain_at must be one of {', '.join(DERAIN_AT)}, got {derain_at!r}")
     hooked: dict[str, InputDeraining] = {}
     if derain_at == "frame":
         copies = build_detection_copies(ds, cache, rain, seed, derainer, wsha, tile, derain_clean, rain_scale, gate)
@@ -625,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="dataset mode: dataloader workers of YOLO.val")
-    p.add_argument("--derain-at", choices=("frame", "input"), default="frame",
+    p.add_argument("--derain-at", choices=DERAIN_AT, default="frame",
                    help="dataset mode: derain each image at its own resolution (derained copies), or the "
                         "detector's letterboxed input (attach_derain(at='input'))")
     p.add_argument("--derain-clean", action="store_true",

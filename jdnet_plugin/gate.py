@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUTO_THRESHOLD", "GATE_VERSION", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold", "streak_score",
-           "crop_boxes"]
+__all__ = ["AUTO_THRESHOLD", "GATE_VERSION", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold",
+           "streak_score", "crop_boxes"]
 
 # benchmarks/gate_calibration.py: the threshold of best balanced accuracy for jdnet-lite.broadrain and for
 # jdnet-lite.broadrain-s3 alike (benchmarks/results/gate/); the README's "Rain gate" says what it passes.

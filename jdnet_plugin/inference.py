@@ -28,8 +28,8 @@ from torch import nn
 
 from .gate import GateSpec, GateStats, crop_boxes, gate_threshold, streak_score
 
-__all__ = ["rain_score", "gated", "MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
-           "tile_starts", "balanced_tile", "tile_weights", "derain", "get_model"]
+__all__ = ["MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
+           "tile_starts", "balanced_tile", "tile_weights", "derain", "get_model", "rain_score", "gated"]
 
 # Pixels per forward call (batch x H x W) before tiling: at most 1 MP, fewer where the model's working memory
 # (``model.inference_bytes_per_pixel``) would exceed MEMORY_BUDGET: the process then stays within about 3 GB
@@ -207,11 +207,13 @@ def rain_score(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | str | 
     boxes = crop_boxes(*x.shape[-2:])
     crops = torch.stack([x[i, :, y:y + s, x0:x0 + s] for i in range(x.shape[0]) for y, x0, s in boxes]).float()
     training = model.training
-    model.eval()  # calibrated in eval mode; a model being trained keeps its state
+    if training:
+        model.eval()  # calibrated in eval mode; a model being trained keeps its state
     try:
         derained = derain_tensor(model, crops, batch_size=len(boxes), dtype=dtype).to(crops.device)
     finally:
-        model.train(training)
+        if training:
+            model.train()
     return streak_score(crops.clamp(0, 1), derained).view(x.shape[0], len(boxes)).mean(1).to(x.device)
 
 

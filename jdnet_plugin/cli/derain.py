@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _Runner:
     def __init__(self, model, kwargs: dict, side_by_side: bool, batch_size: int, show: bool) -> None:
         self.model, self.kwargs, self.sbs, self.batch_size, self.show = model, kwargs, side_by_side, batch_size, show
-        self.gated = gate_threshold(kwargs.get("gate")) is not None
+        self.gated = kwargs.get("gate") is not None
         self.failed: list[str] = []
         self.written = 0
 
@@ -193,7 +193,7 @@ def _total(dist_info: DistInfo, counts: list[int]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     kwargs = inference_kwargs(args)
     try:
-        gate_threshold(args.gate)
+        kwargs["gate"] = gate_threshold(args.gate)  # the threshold, or None without a gate
     except ValueError as e:
         raise CLIError(f"--gate: {e}") from e
     if args.out.exists() and not args.out.is_dir():
@@ -220,8 +220,8 @@ def _run_jobs(args: argparse.Namespace, model, kwargs: dict, jobs: list[Job], mi
         for m in missing:
             print(f"error: {m}", file=sys.stderr)
     stats = GateStats()
-    runner = _Runner(model, {**kwargs, "gate": args.gate, "gate_stats": stats}, args.side_by_side,
-                     args.batch_size, show=dist_info.is_main)
+    runner = _Runner(model, {**kwargs, "gate_stats": stats}, args.side_by_side, args.batch_size,
+                     show=dist_info.is_main)
     group: list[tuple[Job, np.ndarray]] = []
     for job in tqdm(jobs, desc="derain", unit="file", disable=None if dist_info.is_main else True):
         if job.is_video:
@@ -245,7 +245,7 @@ def _run_jobs(args: argparse.Namespace, model, kwargs: dict, jobs: list[Job], mi
     if dist_info.is_main:
         ranks = f" by {dist_info.world_size} processes" if dist_info.enabled else ""
         gate = (f" (rain gate {args.gate}: {derained} images or frames derained, {passed} without rain copied "
-                "unchanged)" if gate_threshold(args.gate) is not None else "")
+                "unchanged)" if runner.gated else "")
         print(f"{written} of {total} files derained into {args.out}{ranks}{gate}"
               + (f"; {failed} failed (see the errors above)" if failed else ""))
     return 1 if runner.failed or missing else 0
