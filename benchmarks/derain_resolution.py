@@ -4,7 +4,7 @@
 
 The footage is taken as clean; the project's ``light`` rain is added (seed 0), and the detections on the clean
 frames are the reference for the mAP of the detections on the rainy and derained frames
-(``eval_tasks.detect.detections_map``, as ``detect.py`` footage mode; ``--conf``, default 0.1 as the README's
+(``jdnet_plugin.eval_tasks.detect.detections_map``, as ``detect.py`` footage mode; ``--conf``, default 0.1 as the README's
 downstream table: the clip's small overhead cars rarely reach 0.25). For each detector size ``imgsz``:
 ``attach_derain(at="frame")`` (each frame at its own resolution) against ``at="input"`` (the letterboxed
 network input); deraining time is the derainer's own forward time, summed (hooks on the module). The paper
@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_tasks.common import rain_fn  # noqa: E402
-from eval_tasks.detect import _dets, detections_map  # noqa: E402
-from integrations import attach_derain, detach_derain, load_yolo  # noqa: E402
+from jdnet_plugin.eval_tasks.common import rain_fn  # noqa: E402
+from jdnet_plugin.eval_tasks.detect import _dets, detections_map  # noqa: E402
+from jdnet_plugin.integrations import attach_derain, detach_derain, load_yolo  # noqa: E402
 from jdnet_plugin import create_model, load_model  # noqa: E402
 from jdnet_plugin.utils.machine import describe_machine  # noqa: E402
 from jdnet_plugin.video import read_frames  # noqa: E402

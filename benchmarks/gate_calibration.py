@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_tasks.common import rain_fn, transplant_fn  # noqa: E402
+from jdnet_plugin.eval_tasks.common import rain_fn, transplant_fn  # noqa: E402
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.gate import AUTO_THRESHOLD  # noqa: E402
 from jdnet_plugin.inference import rain_score  # noqa: E402

@@ -16,11 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval_tasks.common import EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report
-from eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
+from jdnet_plugin.eval_tasks.common import EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report
+from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
 
 __all__ = ["ROWS", "read_reports", "comparison", "render_markdown", "draw_sheet", "main"]
 

@@ -15,9 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import cv2
 import numpy as np
 import torch
@@ -27,7 +24,7 @@ from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.metrics import psnr, ssim
 from jdnet_plugin.rain import add_rain
 
-from eval_tasks.common import cli_main
+from jdnet_plugin.eval_tasks.common import cli_main
 
 SHARED_DETECTOR = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolov5n-coco.torchscript"
 
@@ -53,7 +50,7 @@ def _scores(img: np.ndarray, clean: np.ndarray) -> dict:
 
 
 def _detect(detector: str, images: dict[str, np.ndarray]) -> np.ndarray:
-    from integrations import load_yolo
+    from jdnet_plugin.integrations import load_yolo
 
     yolo = load_yolo(detector, task="detect")
     panels = []

@@ -8,7 +8,7 @@ Dataset mode (labelled YOLO dataset, three copies: clean, rainy, derained)::
 Footage mode (a video, image folder or stream; no labels)::
 
     python eval_tasks/detect.py --source clip.mp4 --model yolov5n.torchscript --weights jdnet.pt \
-        --out runs/footage [--add-rain heavy] [--max-frames 100]
+        --out runs/footage [--add-rain heavy] [--max-frames 100] [--gate auto]
 
 With ``--add-rain`` the footage is taken as clean and rain is synthesised on it; the detections on the clean
 frames are then the reference for mAP of the detections on the rainy and derained frames.
@@ -28,25 +28,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
-from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                               files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
-                               map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
-                               resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
-from integrations.ultralytics_hook import DERAIN_AT
+from jdnet_plugin.eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
+                                            files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
+                                            map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
+                                            resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_write_text
 
 __all__ = ["YoloDataset", "read_yolo_dataset", "limit_dataset", "build_detection_copies", "val_metrics",
            "detect_dataset", "evaluate_dataset",
-           "evaluate_footage", "detections_map", "build_parser", "main"]
+           "evaluate_footage", "detect_footage", "FootageRun", "detections_map", "build_parser", "main"]
 
 METRICS = ("map50", "map50_95")
 
@@ -207,7 +204,7 @@ def _check_model_file(path: str) -> None:
 
 def _load_detector(path: str):
     _check_model_file(path)
-    from integrations import load_yolo
+    from jdnet_plugin.integrations import load_yolo
 
     return load_yolo(path, task="detect")
 
@@ -275,8 +272,8 @@ def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cac
                 hooked: dict[str, InputDeraining] | None = None) -> dict[str, dict[str, Any]]:
     """``{copy: val_metrics}``, each cached in ``cache`` by (copy folder, model, imgsz, batch, device, and for
     the copies in ``hooked`` the deraining at the network input; their results hold the gate's counts)."""
-    from integrations import attach_derain, detach_derain
-    from integrations.ultralytics_hook import derain_gate_stats
+    from jdnet_plugin.integrations import attach_derain, detach_derain
+    from jdnet_plugin.integrations.ultralytics_hook import derain_gate_stats
 
     model_id = sha256_file(model) if Path(model).is_file() else str(model)
     results = {}
@@ -309,7 +306,7 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
                    derain_at: str = "frame") -> dict[str, Any]:
     """Detection mAP of the clean, rainy and derained copies of the dataset YAML ``data`` (its first ``limit``
     images), with the recovered fraction; writes report.json, report.md and plot.png to ``out`` and returns
-    the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`);
+    the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`jdnet_plugin.eval_tasks.common.rain_fn`);
     ``gate`` ("auto" or a threshold) adds copies derained with the rain gate (see :func:`gate_report`).
     ``derain_at="input"``: instead of derained copies of the images (each at its own resolution), the rainy
     and clean copies are validated with the derainer attached to the detector's letterboxed input."""
@@ -391,12 +388,28 @@ def _iter_frames(source: str, max_frames: int | None) -> tuple[Iterator[tuple[st
     return frames, info.fps or 10.0, count
 
 
-def _detect(yolo, rgb: np.ndarray, args: argparse.Namespace):
+@dataclass(frozen=True)
+class FootageRun:
+    """What footage mode reads and how: the keyword arguments of :func:`detect_footage`."""
+
+    source: str
+    add_rain: str | None = None
+    max_frames: int | None = None
+    seed: int = 0
+    rain_scale: str = "1"
+    tile: int | None = None
+    imgsz: int = 640
+    device: str | None = None
+    conf: float = 0.25
+    gate: float | None = None
+
+
+def _detect(yolo, rgb: np.ndarray, run: FootageRun):
     """Ultralytics Results of one RGB frame, at the low confidence threshold mAP needs."""
     bgr = np.ascontiguousarray(rgb[..., ::-1])
-    kw = dict(imgsz=args.imgsz, conf=0.001, iou=0.7, max_det=300, verbose=False)
-    if args.device:
-        kw["device"] = args.device
+    kw = dict(imgsz=run.imgsz, conf=0.001, iou=0.7, max_det=300, verbose=False)
+    if run.device:
+        kw["device"] = run.device
     return yolo.predict(bgr, **kw)[0]
 
 
@@ -446,10 +459,10 @@ def detections_map(preds: Sequence[dict[str, np.ndarray]], refs: Sequence[dict[s
             "reference_objects": int(target.size)}
 
 
-def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> tuple[Path, bool]:
+def _frame_cache(cache: Path, run: FootageRun, wsha: str, derainer) -> tuple[Path, bool]:
     """A folder with the footage's frames as PNG: ``clean/`` (with --add-rain), ``rainy/``, ``derained/``."""
-    src = Path(args.source)
-    source_id = {"source": str(src.resolve()) if src.exists() else args.source}
+    src = Path(run.source)
+    source_id = {"source": str(src.resolve()) if src.exists() else run.source}
     if src.is_file():
         st = src.stat()
         source_id.update(size=st.st_size, mtime=st.st_mtime_ns)
@@ -457,22 +470,22 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
         from jdnet_plugin.io import list_images
 
         source_id["fingerprint"] = files_fingerprint(list_images(src), src)
-    key = {"task": "footage", **source_id, "max_frames": args.max_frames, "add_rain": args.add_rain,
-           **({"add_rain_id": rain_id(args.add_rain)} if str(args.add_rain).startswith(TRANSPLANT) else {}),
-           "seed": args.seed, "scale": str(args.rain_scale), "weights": wsha, "tile": args.tile}
+    key = {"task": "footage", **source_id, "max_frames": run.max_frames, "add_rain": run.add_rain,
+           **({"add_rain_id": rain_id(run.add_rain)} if str(run.add_rain).startswith(TRANSPLANT) else {}),
+           "seed": run.seed, "scale": str(run.rain_scale), "weights": wsha, "tile": run.tile}
     cacheable = src.exists()
-    if args.add_rain:
-        rain = rain_fn(args.add_rain, args.seed, args.rain_scale)
-    derain = derain_fn(derainer, args.tile)
+    if run.add_rain:
+        rain = rain_fn(run.add_rain, run.seed, run.rain_scale)
+    derain = derain_fn(derainer, run.tile)
 
     def build(tmp: Path, final: Path) -> None:
         from jdnet_plugin.io import write_rgb
 
-        frames, fps, count = _iter_frames(args.source, args.max_frames)
+        frames, fps, count = _iter_frames(run.source, run.max_frames)
         names = []
         for name, rgb in tqdm(frames, total=count, desc="frames (rain, derain)", unit="frame", disable=None):
             stem = Path(name).stem
-            if args.add_rain:
+            if run.add_rain:
                 write_rgb(tmp / "clean" / f"{stem}.png", rgb)
                 rgb = rain(rgb, stem)
             write_rgb(tmp / "rainy" / f"{stem}.png", rgb)
@@ -489,6 +502,24 @@ def _frame_cache(cache: Path, args: argparse.Namespace, wsha: str, derainer) -> 
     return cached_copy(cache, "footage", key, build)
 
 
+def _rain_scores(folder: Path, stems: list[str], derainer: torch.nn.Module, wsha: str, cache: Path
+                 ) -> dict[str, float]:
+    """:func:`jdnet_plugin.inference.rain_score` of each rainy frame (what the gate decides on), cached next to
+    the frames: the gate then picks, per frame, the detections on the derained or on the rainy frame."""
+    from jdnet_plugin.inference import rain_score
+    from jdnet_plugin.io import read_rgb, to_tensor
+
+    path = cache / f"rain-scores-{digest({'frames': folder.name, 'weights': wsha, 'gate': GATE_VERSION}, 12)}.json"
+    if path.is_file() and folder.name != "stream-frames":
+        return json.loads(path.read_text())
+    device = next(derainer.parameters()).device
+    with torch.inference_mode():
+        scores = {stem: float(rain_score(derainer, to_tensor(read_rgb(folder / "rainy" / f"{stem}.png")).to(device)))
+                  for stem in tqdm(stems, desc="rain scores", unit="frame", disable=None)}
+    atomic_write_text(path, json.dumps(scores))
+    return scores
+
+
 def _labelled_detections(res, conf: float, label: str) -> np.ndarray:
     """The frame with its detections of at least ``conf`` drawn and ``label`` written on it (RGB)."""
     import cv2
@@ -499,23 +530,29 @@ def _labelled_detections(res, conf: float, label: str) -> np.ndarray:
     return np.ascontiguousarray(shown[..., ::-1])
 
 
-def _detect_frames(yolo, folder: Path, stems: list[str], kinds: list[str], args: argparse.Namespace
-                   ) -> Iterator[tuple[dict[str, Any], dict[str, dict], np.ndarray]]:
-    """Per frame: its CSV row (counts, mean confidences), the detections of each kind, and the rainy |
-    derained side-by-side picture."""
+def _detect_frames(yolo, folder: Path, stems: list[str], kinds: list[str], run: FootageRun,
+                   scores: dict[str, float] | None) -> Iterator[tuple[dict[str, Any], dict[str, dict], np.ndarray]]:
+    """Per frame: its CSV row (counts, mean confidences; with ``scores``, the rain score and the gate's
+    choice), the detections of each kind (``derained_gated``: those of the frame the gate picks), and the
+    rainy | derained side-by-side picture."""
     from jdnet_plugin.io import read_rgb
 
     for stem in tqdm(stems, desc="detect", unit="frame", disable=None):
         row: dict[str, Any] = {"frame": stem}
         dets, shown = {}, {}
         for k in kinds:
-            res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), args)
+            res = _detect(yolo, read_rgb(folder / k / f"{stem}.png"), run)
             d = dets[k] = _dets(res)
-            sel = d["conf"] >= args.conf
+            sel = d["conf"] >= run.conf
             row[f"{k}_count"] = int(sel.sum())
             row[f"{k}_mean_conf"] = float(d["conf"][sel].mean()) if sel.any() else None
             if k in ("rainy", "derained"):
-                shown[k] = _labelled_detections(res, args.conf, k)
+                shown[k] = _labelled_detections(res, run.conf, k)
+        if scores is not None:
+            picked = "derained" if scores[stem] >= run.gate else "rainy"
+            dets["derained_gated"] = dets[picked]
+            row.update(derained_gated_count=row[f"{picked}_count"], derained_gated_mean_conf=row[f"{picked}_mean_conf"],
+                       rain_score=scores[stem], gate_derained=picked == "derained")
         yield row, dets, np.concatenate([shown["rainy"], shown["derained"]], axis=1)
 
 
@@ -536,66 +573,95 @@ def _footage_summary(rows: list[dict], dets: dict[str, list], kinds: list[str], 
     for k in kinds:
         summary[k].update(map50=maps[k]["map50"], map50_95=maps[k]["map50_95"])
     fraction, notes = recovered_fraction(summary["clean"], summary["rainy"], summary["derained"], METRICS)
+    if "derained_gated" in summary:
+        summary["derained_gated"]["recovered_fraction"] = recovered_fraction(
+            summary["clean"], summary["rainy"], summary["derained_gated"], METRICS)[0]
     notes.append(f"reference: detections on the clean frames with conf >= {conf} "
                  f"({maps['clean']['reference_objects']} objects); clean's own mAP is the ceiling")
     return summary, fraction, notes, {k: {c: v["map50_95"] for c, v in maps[k]["per_class"].items()} for k in kinds}
 
 
-def evaluate_footage(args: argparse.Namespace) -> int:
-    """The CLI's footage mode: detections on the rainy and derained (and clean) frames, a side-by-side video,
-    per-frame CSV/JSON and, with --add-rain, mAP against the clean frames' detections."""
+def detect_footage(source: str, model: str, weights: str | os.PathLike, out: Path, *, cache: Path | None = None,
+                   add_rain: str | None = None, max_frames: int | None = None, seed: int = 0, rain_scale: str = "1",
+                   tile: int | None = None, imgsz: int = 640, device: str | None = None, conf: float = 0.25,
+                   gate: str | float | None = None) -> dict[str, Any]:
+    """Detections on the rainy and derained (and, with ``add_rain``, clean) frames of a video, image folder or
+    stream: a side-by-side video, per-frame CSV/JSON and, with ``add_rain``, mAP against the clean frames'
+    detections; ``gate`` ("auto" or a threshold) adds ``derained_gated``, each frame derained only when the
+    rain gate says so. Writes report.json, report.md and plot.png to ``out`` and returns the report."""
+    run = FootageRun(str(source), add_rain, max_frames, seed, rain_scale, tile, imgsz, device, conf,
+                     resolve_gate_arg(gate))
+    if run.add_rain:
+        rain_fn(run.add_rain, run.seed, run.rain_scale)  # a bad preset or scale fails before any work
+    out = Path(out).absolute()
+    cache = Path(cache or out / "cache").absolute()
+    _check_model_file(model)
+    derainer, wsha = load_derainer(weights, pick_device(device))
+    yolo = _load_detector(model)
+    folder, reused = _frame_cache(cache, run, wsha, derainer)
+    index = json.loads((folder / "frames.json").read_text())
+    stems, fps = index["frames"], index["fps"]
+    if not stems:
+        raise EvalError(f"{source}: no frames could be read")
+    scores = None if run.gate is None else _rain_scores(folder, stems, derainer, wsha, cache)
+    kinds = (["clean"] if add_rain else []) + ["rainy", "derained"]
+    rows, dets = _detect_footage_video(yolo, folder, stems, kinds, run, scores, fps, out / "side_by_side.mp4")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_frames(out, rows)
+    summary, fraction, notes, per_class = _footage_summary(
+        rows, dets, kinds + (["derained_gated"] if scores is not None else []), conf, _model_names(yolo) or {},
+        bool(add_rain))
+    report = {
+        **{k: summary.get(k, {}) for k in ("clean", "rainy", "derained")},
+        **({"derained_gated": summary["derained_gated"],
+            "gate": {"derained_gated": {"threshold": run.gate, "derained": sum(r["gate_derained"] for r in rows),
+                                        "passed": sum(not r["gate_derained"] for r in rows)}}} if scores else {}),
+        "recovered_fraction": fraction,
+        "notes": notes,
+        "per_class": per_class or {},
+        "config": {"mode": "footage", "source": str(source), "model": str(model), "weights": str(weights),
+                   "weights_sha256": wsha, "add_rain": add_rain, "rain_scale": rain_scale, "seed": seed,
+                   "imgsz": imgsz, "conf": conf, "gate": run.gate, "frames": len(stems), "fps": fps,
+                   "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
+        "frames_cache": str(folder),
+        "frames_reused": reused,
+        "video": str(out / "side_by_side.mp4"),
+        "frames_csv": str(out / "frames.csv"),
+    }
+    metrics = (*METRICS, "mean_count", "mean_conf") if add_rain else ("mean_count", "mean_conf")
+    finish_report(out, report, "Footage detection", metrics, "map50_95" if per_class else None, per_class)
+    return report
+
+
+def _detect_footage_video(yolo, folder: Path, stems: list[str], kinds: list[str], run: FootageRun,
+                          scores: dict[str, float] | None, fps: float, video_path: Path
+                          ) -> tuple[list[dict], dict[str, list]]:
+    """The per-frame rows and detections of each kind, writing the side-by-side video as it goes."""
     import cv2
 
     from jdnet_plugin.video import VideoWriter
 
-    out: Path = args.out.absolute()
-    cache = (args.cache or out / "cache").absolute()
-    _check_model_file(args.model)
-    derainer, wsha = load_derainer(args.weights, pick_device(args.device))
-    yolo = _load_detector(args.model)
-    folder, reused = _frame_cache(cache, args, wsha, derainer)
-    index = json.loads((folder / "frames.json").read_text())
-    stems, fps = index["frames"], index["fps"]
-    if not stems:
-        raise EvalError(f"{args.source}: no frames could be read")
-    kinds = (["clean"] if args.add_rain else []) + ["rainy", "derained"]
-    dets: dict[str, list] = {k: [] for k in kinds}
+    dets: dict[str, list] = {}
     rows = []
-    video_path = out / "side_by_side.mp4"
     with contextlib.ExitStack() as stack:
         writer = None
-        for row, frame_dets, frame in _detect_frames(yolo, folder, stems, kinds, args):
+        for row, frame_dets, frame in _detect_frames(yolo, folder, stems, kinds, run, scores):
             rows.append(row)
-            for k in kinds:
-                dets[k].append(frame_dets[k])
+            for k, d in frame_dets.items():
+                dets.setdefault(k, []).append(d)
             if writer is None:
                 writer = stack.enter_context(VideoWriter(video_path, fps, (frame.shape[1], frame.shape[0])))
             elif (frame.shape[1], frame.shape[0]) != writer.size:  # a folder of mixed sizes: the first one's size
                 frame = cv2.resize(frame, writer.size, interpolation=cv2.INTER_AREA)
             writer.write(frame)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_frames(out, rows)
-    summary, fraction, notes, per_class = _footage_summary(rows, dets, kinds, args.conf, _model_names(yolo) or {},
-                                                           args.add_rain)
-    report = {
-        "clean": summary.get("clean", {}),
-        "rainy": summary["rainy"],
-        "derained": summary["derained"],
-        "recovered_fraction": fraction,
-        "notes": notes,
-        "per_class": per_class or {},
-        "config": {"mode": "footage", "source": str(args.source), "model": str(args.model),
-                   "weights": str(args.weights), "weights_sha256": wsha, "add_rain": args.add_rain,
-                   "rain_scale": args.rain_scale, "seed": args.seed, "imgsz": args.imgsz, "conf": args.conf,
-                   "frames": len(stems), "fps": fps,
-                   "metrics": "ultralytics.utils.metrics.ap_per_class, DetectionValidator.match_predictions"},
-        "frames_cache": str(folder),
-        "frames_reused": reused,
-        "video": str(video_path),
-        "frames_csv": str(out / "frames.csv"),
-    }
-    metrics = (*METRICS, "mean_count", "mean_conf") if args.add_rain else ("mean_count", "mean_conf")
-    finish_report(out, report, "Footage detection", metrics, "map50_95" if per_class else None, per_class)
+    return rows, dets
+
+
+def evaluate_footage(args: argparse.Namespace) -> int:
+    """The CLI's footage mode: :func:`detect_footage` with the parsed arguments."""
+    detect_footage(args.source, args.model, args.weights, args.out, cache=args.cache, add_rain=args.add_rain,
+                   max_frames=args.max_frames, seed=args.seed, rain_scale=args.rain_scale, tile=args.tile,
+                   imgsz=args.imgsz, device=args.device, conf=args.conf, gate=args.gate)
     return 0
 
 
@@ -644,14 +710,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.derain_at != "frame":
         raise EvalError("--derain-at input is a dataset-mode option (--data); for footage see "
                         "benchmarks/derain_resolution.py")
-    if resolve_gate_arg(args.gate) is not None:
-        raise EvalError("--gate is a dataset-mode option (--data); in footage mode derain with "
-                        "python -m jdnet_plugin.derain --gate auto and pass the result as --source")
     if args.rain or args.max_images:
         raise EvalError("--rain and --max-images are dataset-mode options (--data); footage mode adds rain with "
                         "--add-rain and limits frames with --max-frames")
-    if args.add_rain:
-        rain_fn(args.add_rain, args.seed, args.rain_scale)  # a bad preset or scale fails before any work
     return evaluate_footage(args)
 
 

@@ -29,15 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint,
-                               load_derainer, map_image_tree, markdown_table, pick_device, rain_fn, rain_id,
-                               rain_label, write_report)
+from jdnet_plugin.eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint,
+                                            load_derainer, map_image_tree, markdown_table, pick_device, rain_fn, rain_id,
+                                            rain_label, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
@@ -135,7 +132,7 @@ def _restore_summary(res: dict, name: str, dataset: Path) -> dict[str, Any]:
 def restoration_section(paths: SharedPaths, weights: str, cache: Path, limits: Limits, device: str | None,
                         tile: int | None, seed: int = SEED) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(in_distribution {preset: summary}, held_out {"rain100L": summary})``, skip notes where inputs lack."""
-    from eval_tasks.restore import restoration_results
+    from jdnet_plugin.eval_tasks.restore import restoration_results
 
     in_dist: dict[str, Any] = {}
     skip = _missing(paths.kodak)
@@ -165,7 +162,7 @@ def _downstream_summary(rep: dict, metrics: Sequence[str], headline: str, rel_re
 
 def detection_section(paths: SharedPaths, weights: str, out: Path, cache: Path, limits: Limits,
                       device: str | None, tile: int | None, seed: int = SEED) -> dict[str, Any]:
-    """COCO128 + YOLOv5n with transplanted Rain100L rain, through :func:`eval_tasks.detect.detect_dataset`."""
+    """COCO128 + YOLOv5n with transplanted Rain100L rain, through :func:`jdnet_plugin.eval_tasks.detect.detect_dataset`."""
     skip = _missing(paths.coco_yaml, paths.detector, paths.rain100L)
     try:
         import ultralytics  # noqa: F401
@@ -173,7 +170,7 @@ def detection_section(paths: SharedPaths, weights: str, out: Path, cache: Path, 
         skip = skip or "skipped: ultralytics is not installed (pip install 'jdnet-plugin[detect]')"
     if skip:
         return {"skipped": skip, "recovered_fraction": None}
-    from eval_tasks.detect import detect_dataset
+    from jdnet_plugin.eval_tasks.detect import detect_dataset
 
     threads = torch.get_num_threads()
     try:
@@ -189,12 +186,12 @@ def detection_section(paths: SharedPaths, weights: str, out: Path, cache: Path, 
 def segmentation_section(paths: SharedPaths, weights: str, out: Path, cache: Path, limits: Limits,
                          device: str | None, tile: int | None, seed: int = SEED) -> dict[str, Any]:
     """CamVid val + ESPNet (Cityscapes -> CamVid) with transplanted Rain100L rain, through
-    :func:`eval_tasks.segment.segment_dataset`."""
+    :func:`jdnet_plugin.eval_tasks.segment.segment_dataset`."""
     images, masks = paths.camvid / "images", paths.camvid / "masks"
     skip = _missing(images, masks, paths.segmenter, paths.class_map, paths.rain100L)
     if skip:
         return {"skipped": skip, "recovered_fraction": None}
-    from eval_tasks.segment import segment_dataset
+    from jdnet_plugin.eval_tasks.segment import segment_dataset
 
     names = paths.camvid / "classes.txt"
     rep = segment_dataset(images, masks, str(paths.segmenter), 11, weights, paths.transplant(),

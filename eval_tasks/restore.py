@@ -14,15 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval_tasks.common import (cli_main, digest, files_fingerprint, load_derainer, markdown_table,
-                               pick_device, sha256_file, to_jsonable, write_report)
+from jdnet_plugin.eval_tasks.common import (cli_main, digest, files_fingerprint, load_derainer, markdown_table,
+                                            pick_device, sha256_file, to_jsonable, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS, paired_dataset, score_pairs
 from jdnet_plugin.utils.atomic import atomic_write_text

@@ -21,20 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                               files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
-                               map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
-                               resolve_gate_arg, sha256_file)
-from integrations.segmentation import SegmenterAdapter
+from jdnet_plugin.eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
+                                            files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
+                                            map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
+                                            resolve_gate_arg, sha256_file)
+from jdnet_plugin.integrations.segmentation import SegmenterAdapter
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
 
@@ -96,7 +93,7 @@ def load_segmenter(spec: str, device: torch.device | str = "cpu") -> nn.Module:
 
 
 class Segmenter(SegmenterAdapter):
-    """RGB ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C, H, W)``: :class:`integrations.SegmenterAdapter` (smp
+    """RGB ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C, H, W)``: :class:`jdnet_plugin.integrations.SegmenterAdapter` (smp
     normalisation and padding where the model is an smp model) under inference mode, dict/tuple outputs reduced
     to their main tensor, other sizes resized back to H, W."""
 
@@ -329,7 +326,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
                     ) -> dict[str, Any]:
     """mIoU of the clean, rainy and derained copies of the (first ``limit``) images with masks, with the recovered
     fraction; writes report.json, report.md and plot.png to ``out`` and returns the report. ``rain`` is a preset
-    or ``transplant:DIR`` (see :func:`eval_tasks.common.rain_fn`); ``gate`` ("auto" or a threshold) adds copies
+    or ``transplant:DIR`` (see :func:`jdnet_plugin.eval_tasks.common.rain_fn`); ``gate`` ("auto" or a threshold) adds copies
     derained with the rain gate."""
     out, torch_device = Path(out).absolute(), pick_device(device)
     cache = Path(cache or out / "cache").absolute()

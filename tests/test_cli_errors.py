@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from eval_tasks.common import EvalError, cli_main
+from jdnet_plugin.eval_tasks.common import EvalError, cli_main
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.errors import CheckpointError, UnknownNameError
 from jdnet_plugin.rain import add_rain
@@ -60,7 +60,7 @@ def test_unknown_names_are_key_errors_that_read_well():
 
 def test_demo_reports_a_bad_rain_preset(tmp_path, capsys):
     pytest.importorskip("ultralytics")
-    from eval_tasks.demo import main
+    from jdnet_plugin.eval_tasks.demo import main
 
     assert main(["--rain", "nope", "--out", str(tmp_path / "demo")]) == 2
     assert capsys.readouterr().err.startswith("error: unknown rain preset 'nope'")

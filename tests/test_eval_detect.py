@@ -15,8 +15,8 @@ import torch
 
 pytest.importorskip("ultralytics")
 
-from eval_tasks.common import rain_fn, recovered_fraction  # noqa: E402
-from eval_tasks.detect import detections_map, main, read_yolo_dataset  # noqa: E402
+from jdnet_plugin.eval_tasks.common import rain_fn, recovered_fraction  # noqa: E402
+from jdnet_plugin.eval_tasks.detect import detections_map, main, read_yolo_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = "".join(f"  {i}: class{i}\n" for i in range(80))
@@ -262,13 +262,42 @@ def test_dataset_mode_gate(tmp_path, yolo_pt, weights, capsys):
     rainy = Path(report["copies"]["rainy"]) / "images" / "val" / "im0.jpg"
     gated = Path(report["copies"]["derained_gated"]) / "images" / "val" / "im0.jpg"
     assert gated.read_bytes() == rainy.read_bytes()  # passed through: the file itself, not encoded again
-    rc, _, err = run(["--source", tmp_path / "ds" / "images" / "val", "--model", yolo_pt, "--weights", weights,
-                      "--out", tmp_path / "f", "--gate", "auto"], capsys)
-    assert rc == 2 and "--gate is a dataset-mode option" in err
+
+
+def test_footage_mode_gate_picks_per_frame(tmp_path, yolo_pt, weights, capsys):
+    from jdnet_plugin import load_model
+    from jdnet_plugin.eval_tasks.detect import detect_footage
+    from jdnet_plugin.inference import rain_score
+    from jdnet_plugin.io import read_rgb, to_tensor
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        cv2.imwrite(str(frames / f"f{i}.png"), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    kw = dict(add_rain="heavy", imgsz=64, conf=0.001, cache=tmp_path / "cache")
+    reports = {g: detect_footage(str(frames), str(yolo_pt), weights, tmp_path / f"out{g}", gate=g, **kw)
+               for g in ("0", "1e9")}
+    always, never = reports["0"], reports["1e9"]
+    assert always["gate"]["derained_gated"] == {"threshold": 0.0, "derained": 3, "passed": 0}
+    assert never["gate"]["derained_gated"] == {"threshold": 1e9, "derained": 0, "passed": 3}
+    for report, same_as in [(always, "derained"), (never, "rainy")]:
+        assert {k: v for k, v in report["derained_gated"].items() if k != "recovered_fraction"} == report[same_as]
+    # a threshold between the frames' scores derains exactly the frames above it (the scores derain() uses)
+    rows = json.loads((tmp_path / "out0" / "frames.json").read_text())
+    model = load_model(weights)
+    for r in rows:
+        rainy = read_rgb(Path(always["frames_cache"]) / "rainy" / f"{r['frame']}.png")
+        assert r["rain_score"] == pytest.approx(float(rain_score(model, to_tensor(rainy))), rel=1e-5)
+    mid = sorted(r["rain_score"] for r in rows)[1]
+    split = detect_footage(str(frames), str(yolo_pt), weights, tmp_path / "outmid", gate=mid, **kw)
+    picked = {r["frame"]: r["gate_derained"] for r in json.loads((tmp_path / "outmid" / "frames.json").read_text())}
+    assert picked == {r["frame"]: r["rain_score"] >= mid for r in rows} and sum(picked.values()) == 2
+    assert split["gate"]["derained_gated"]["derained"] == 2 and split["frames_reused"] is True
 
 
 def test_read_yolo_dataset_reports_ultralytics_complaints(tmp_path):
-    from eval_tasks.common import EvalError
+    from jdnet_plugin.eval_tasks.common import EvalError
 
     yaml_path = make_dataset(tmp_path / "ds", n=1)
     bad = tmp_path / "ds" / "bad.yaml"

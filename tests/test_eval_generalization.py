@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from eval_tasks.common import EvalError, rain_fn, rain_id, rain_label, rain_layers, transplant_layer
-from eval_tasks.compare import main as compare_main
-from eval_tasks.generalization import REAL_PHOTOS, SHEET, main
+from jdnet_plugin.eval_tasks.common import EvalError, rain_fn, rain_id, rain_label, rain_layers, transplant_layer
+from jdnet_plugin.eval_tasks.compare import main as compare_main
+from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, main
 from jdnet_plugin.rain import PRESETS
 
 CENTERS = (0.15, 0.5, 0.85)
@@ -277,7 +277,7 @@ def test_quick_report_with_shared_detector(tmp_path, shared_dir, weights, capsys
 
 def test_cached_copy_two_processes_build_the_same_copy(tmp_path):
     """A second builder that finishes after the first uses the first's copy instead of failing."""
-    from eval_tasks.common import MARKER, cached_copy
+    from jdnet_plugin.eval_tasks.common import MARKER, cached_copy
 
     def build_second(tmp: Path, final: Path) -> None:
         (tmp / "a.txt").write_text("mine")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_tasks.restore import COLUMNS, main
+from jdnet_plugin.eval_tasks.restore import COLUMNS, main
 from jdnet_plugin import create_model, save_checkpoint
 from jdnet_plugin.io import read_rgb
 from jdnet_plugin.metrics import psnr, ssim

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from eval_tasks.common import rain_fn
-from eval_tasks.segment import (Segmenter, confusion_matrix, iou_from_confusion, load_segmenter, main,
-                                read_class_map)
+from jdnet_plugin.eval_tasks.common import rain_fn
+from jdnet_plugin.eval_tasks.segment import (Segmenter, confusion_matrix, iou_from_confusion, load_segmenter, main,
+                                             read_class_map)
 
 IGNORE = 9
 CENTERS = (0.15, 0.5, 0.85)
@@ -148,7 +148,7 @@ def test_class_map_and_factory(tmp_path, weights, capsys, monkeypatch):
 
 def test_smp_checkpoint_folder(tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
-    from integrations import create_smp_model
+    from jdnet_plugin.integrations import create_smp_model
 
     model = create_smp_model("Unet", "resnet18", classes=3, encoder_depth=3, decoder_channels=(16, 8, 4))
     model.save_pretrained(str(tmp_path / "unet"))

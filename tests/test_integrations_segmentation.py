@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import jdnet_plugin
-from integrations import DerainSegmenter, create_smp_model, smp_preprocessing
-from integrations.segmentation import IMAGENET_MEAN, IMAGENET_STD, pad_to_multiple, smp_pad_multiple
+from jdnet_plugin.integrations import DerainSegmenter, create_smp_model, smp_preprocessing
+from jdnet_plugin.integrations.segmentation import IMAGENET_MEAN, IMAGENET_STD, pad_to_multiple, smp_pad_multiple
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 

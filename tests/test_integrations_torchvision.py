@@ -16,9 +16,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import jdnet_plugin
-from integrations import JDNetTransform
-from integrations._weights import derain_batch, resolve_derainer
-from integrations.torchvision_transform import derain_image
+from jdnet_plugin.integrations import JDNetTransform
+from jdnet_plugin.integrations._weights import derain_batch, resolve_derainer
+from jdnet_plugin.integrations.torchvision_transform import derain_image
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _ref(tiny, x_float: torch.Tensor) -> torch.Tensor:
 
 
 def test_exports():
-    import integrations
+    import jdnet_plugin.integrations as integrations
 
     for name in ("JDNetTransform", "attach_derain", "detach_derain", "DerainSegmenter"):
         assert name in integrations.__all__ and hasattr(integrations, name)
@@ -51,8 +51,8 @@ def test_import_without_optional_extras():
         "import sys\n"
         "sys.modules['ultralytics'] = None\n"
         "sys.modules['segmentation_models_pytorch'] = None\n"
-        "import integrations\n"
-        "from integrations.segmentation import create_smp_model\n"
+        "import jdnet_plugin.integrations as integrations\n"
+        "from jdnet_plugin.integrations.segmentation import create_smp_model\n"
         "for fn in (lambda: integrations.attach_derain(object()), lambda: create_smp_model('Unet')):\n"
         "    try:\n"
         "        fn()\n"

@@ -361,11 +361,37 @@ def test_config_choices_come_from_the_registries():
     from jdnet_plugin.training.config import ConfigError, load_config
 
     for loss in LOSS_NAMES:
-        assert load_config(overrides={"loss": loss})["loss"] == loss
+        assert load_config(overrides={"loss": loss}).loss == loss
         build_loss(loss)
     for rain in list_rain_presets():
-        assert load_config(overrides={"synthetic_rain": rain})["synthetic_rain"] == rain
+        assert load_config(overrides={"synthetic_rain": rain}).synthetic_rain == rain
     with pytest.raises(ConfigError, match="loss must be one of"):
         load_config(overrides={"loss": "perceptual"})
     args = build_parser().parse_args(["--loss", "l2", "--synthetic-rain", "storm"])
     assert args.loss == "l2" and args.synthetic_rain == "storm"
+
+
+def test_train_config_is_typed_built_once_and_matches_the_defaults_file(data, tmp_path):
+    import dataclasses
+
+    from jdnet_plugin.training import ConfigError, TrainConfig, default_config
+
+    assert [f.name for f in dataclasses.fields(TrainConfig)] == list(default_config())  # one field per YAML key
+    assert TrainConfig().to_dict() == default_config()
+    cfg = TrainConfig(preset="jdnet-lite", data=str(data), out=str(tmp_path / "o"), steps=2, model={"units": 1})
+    assert cfg.data == [str(data)] and cfg.lr == default_config()["lr"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    for bad, message in [({"batch_size": "8"}, "batch_size must be an integer"), ({"hflip": "yes"}, "hflip must be"),
+                         ({"gamma": 0}, "gamma must be a number"), ({"seed": 1.5}, "seed must be an integer"),
+                         ({"preset": "jdnet-huge"}, "unknown preset")]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.from_dict({"batch": 3})
+    # the trainer resolves paths and the step count on its own copy; the caller's config is left as it was
+    trainer = Trainer(cfg.replace(steps=None, data=[os.path.relpath(data)], val=os.path.relpath(data),
+                                  batch_size=2, patch_size=16, workers=0, tensorboard=False, progress=False))
+    trainer.setup()
+    assert trainer.cfg.steps >= 1 and trainer.cfg.data == [str(data.resolve())]
+    assert trainer.cfg.val == str(data.resolve()) and cfg.steps == 2

@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, overrides_from_args(args))
     if args.print_config:
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     return int(Trainer(cfg, fresh=args.fresh).fit()["exit_code"])
 

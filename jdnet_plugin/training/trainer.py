@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..losses import build_loss
 from ..registry import create_model
 from ..utils.atomic import atomic_copy, atomic_write_text
 from ..utils.machine import describe_machine
-from .config import ConfigError, config_differences, validate_config
+from .config import ConfigError, TrainConfig, config_differences
 from .distributed import cleanup_distributed, init_distributed, resolve_device
 from .sampler import InfiniteSampler
 
@@ -173,74 +173,73 @@ class Trainer:
     >>> Trainer(load_config(overrides={"data": ["train/"], "out": "runs/x"})).fit()  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict[str, Any], fresh: bool = False) -> None:
-        self.cfg = validate_config(dict(config))
+    def __init__(self, config: TrainConfig | Mapping[str, Any], fresh: bool = False) -> None:
+        self.cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.fresh = fresh
-        self.out = Path(self.cfg["out"])
+        self.out = Path(self.cfg.out)
         self._stop: str | None = None
         self._ready = False
 
     # ---- setup -----------------------------------------------------------------------------------------
     def _build_data(self) -> None:
-        cfg = self.cfg
-        if not cfg["data"]:
+        if not self.cfg.data:
             raise ConfigError("no training data: pass --data DIR (or data: [...] in the config file)")
-        cfg["data"] = [str(Path(p).resolve()) for p in cfg["data"]]
-        augment = PairedAugment(cfg["hflip"], cfg["vflip"], cfg["rot90"])
-        self.train_set = make_dataset(cfg["data"], format=cfg["format"], patch_size=cfg["patch_size"],
-                                      synthetic_rain=cfg["synthetic_rain"], seed=cfg["seed"], augment=augment,
-                                      cache=cfg["cache"], pair_dirs=cfg["pair_dirs"], require_pairs=True,
-                                      clean_fraction=cfg["clean_fraction"])
-        if cfg["steps"] is None:  # the authors': 1000 epochs of their batches
-            cfg["steps"] = max(1, math.ceil(1000 * len(self.train_set) / cfg["batch_size"]))
+        self.cfg = cfg = self.cfg.replace(data=[str(Path(p).resolve()) for p in self.cfg.data],
+                                          val=str(Path(self.cfg.val).resolve()) if self.cfg.val else None)
+        augment = PairedAugment(cfg.hflip, cfg.vflip, cfg.rot90)
+        self.train_set = make_dataset(cfg.data, format=cfg.format, patch_size=cfg.patch_size,
+                                      synthetic_rain=cfg.synthetic_rain, seed=cfg.seed, augment=augment,
+                                      cache=cfg.cache, pair_dirs=cfg.pair_dirs, require_pairs=True,
+                                      clean_fraction=cfg.clean_fraction)
+        if cfg.steps is None:  # the authors': 1000 epochs of their batches
+            self.cfg = cfg = cfg.replace(steps=max(1, math.ceil(1000 * len(self.train_set) / cfg.batch_size)))
         self.val_set = None
-        if cfg["val"]:
-            cfg["val"] = str(Path(cfg["val"]).resolve())
-            pair_dirs = cfg["pair_dirs"]
-            if pair_dirs and not (Path(cfg["val"]) / pair_dirs[0]).is_dir():  # val in a usual layout
+        if cfg.val:
+            pair_dirs = cfg.pair_dirs
+            if pair_dirs and not (Path(cfg.val) / pair_dirs[0]).is_dir():  # val in a usual layout
                 pair_dirs = None
-            val = make_dataset(cfg["val"], pair_dirs=pair_dirs, require_pairs=True)
-            if cfg["val_max"]:
-                val = Subset(val, range(min(cfg["val_max"], len(val))))
+            val = make_dataset(cfg.val, pair_dirs=pair_dirs, require_pairs=True)
+            if cfg.val_max:
+                val = Subset(val, range(min(cfg.val_max, len(val))))
             self.val_set = val
 
     def _loader(self, start: int) -> DataLoader:
         cfg, d = self.cfg, self.dist
-        sampler = InfiniteSampler(len(self.train_set), cfg["seed"], rank=d.rank, world_size=d.world_size,
+        sampler = InfiniteSampler(len(self.train_set), cfg.seed, rank=d.rank, world_size=d.world_size,
                                   start=start)
-        return DataLoader(self.train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate,
-                          num_workers=cfg["workers"], persistent_workers=cfg["workers"] > 0,
+        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                           worker_init_fn=_leave_stop_signals_to_the_trainer,
                           pin_memory=self.device.type == "cuda")
 
     def _build_model(self) -> None:
         cfg = self.cfg
         try:
-            self.model = create_model(cfg["preset"], **cfg["model"])
+            self.model = create_model(cfg.preset, **cfg.model)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid model settings {cfg['model']} for preset {cfg['preset']!r}: {e}") from e
-        if cfg["init"] and self._resume_path() is None:  # a resume loads its own weights
-            self._load_init(cfg["init"])
-        self.model.set_attention_impl(cfg["attention"])
+            raise ConfigError(f"invalid model settings {cfg.model} for preset {cfg.preset!r}: {e}") from e
+        if cfg.init and self._resume_path() is None:  # a resume loads its own weights
+            self._load_init(cfg.init)
+        self.model.set_attention_impl(cfg.attention)
         cuda = self.device.type == "cuda"
-        self.channels_last = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+        self.channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        amp = cfg["amp"]
+        amp = cfg.amp
         if amp == "auto":
             amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
-        milestones = sorted({max(1, round(m * cfg["steps"])) for m in cfg["milestones"]})
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg["gamma"])
-        self.loss_fn = build_loss(cfg["loss"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        milestones = sorted({max(1, round(m * cfg.steps)) for m in cfg.milestones})
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg.gamma)
+        self.loss_fn = build_loss(cfg.loss)
 
     def _load_init(self, source: str) -> None:
         """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
         init = load_model(source)
         if init.config != self.model.config:
             raise ConfigError(f"init weights {source!r} are a model with {init.config.to_dict()}, but this run builds "
-                              f"{self.model.config.to_dict()} (preset {self.cfg['preset']!r}); set --preset and the "
+                              f"{self.model.config.to_dict()} (preset {self.cfg.preset!r}); set --preset and the "
                               "model settings to match the weights")
         self.model.load_state_dict(init.state_dict())
 
@@ -282,10 +281,10 @@ class Trainer:
     def _save(self, names: list[str], step: int) -> None:
         if not self.dist.is_main or not names:
             return
-        extra = dict(train_config=self.cfg, step=step, optimizer=self.optimizer.state_dict(),
+        extra = dict(train_config=self.cfg.to_dict(), step=step, optimizer=self.optimizer.state_dict(),
                      scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
                      sampler_position=self.sampler_position
-                     + (step - self.start_step) * self.cfg["batch_size"] * self.dist.world_size,
+                     + (step - self.start_step) * self.cfg.batch_size * self.dist.world_size,
                      world_size=self.dist.world_size, best_psnr=self.best_psnr)
         first = self.out / names[0]
         save_checkpoint(first, self.model, **extra)
@@ -327,7 +326,7 @@ class Trainer:
     def _should_stop(self, step: int) -> bool:
         flag = 1.0 if self._stop else 0.0
         # Every rank must stop at the same step: agree on it every log_every steps (a sync point anyway).
-        if self.dist.enabled and step % self.cfg["log_every"] == 0:
+        if self.dist.enabled and step % self.cfg.log_every == 0:
             t = torch.tensor([flag], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = float(t.item())
@@ -341,13 +340,13 @@ class Trainer:
     def setup(self) -> int:
         """Devices, process group, data, model, optimiser; resume from ``out/latest.pt``. The start step."""
         cfg = self.cfg
-        self.device = resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = d = init_distributed(self.device)
-        if cfg["threads"]:
-            torch.set_num_threads(cfg["threads"])
-        torch.manual_seed(cfg["seed"])
-        random.seed(cfg["seed"])
-        np.random.seed(cfg["seed"] % 2**32)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._build_data()
@@ -362,7 +361,7 @@ class Trainer:
         if self.start_step and d.is_main:
             print(f"resumed from {self.start_step} ({self.out / 'latest.pt'})", file=sys.stderr)
         if d.is_main:  # out/ was made above, with the lock
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         self._ready = True
         return self.start_step
 
@@ -385,8 +384,8 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         cfg, d, start = self.cfg, self.dist, self.start_step
-        log = _Log(self.out, d.is_main, cfg["tensorboard"], start)
-        steps = cfg["steps"]
+        log = _Log(self.out, d.is_main, cfg.tensorboard, start)
+        steps = cfg.steps
         model: nn.Module = self.model
         if d.enabled:
             model = nn.parallel.DistributedDataParallel(
@@ -396,7 +395,7 @@ class Trainer:
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "machine": describe_machine(self.device)})
         bar = None
-        if d.is_main and cfg["progress"]:
+        if d.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -441,7 +440,7 @@ class Trainer:
             loss_n += 1
             if bar is not None:
                 bar.update(1)
-            if step % cfg["log_every"] == 0 or step == steps:
+            if step % cfg.log_every == 0 or step == steps:
                 if d.enabled:
                     dist.all_reduce(loss_sum)
                     loss_sum /= d.world_size
@@ -458,10 +457,10 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['train_loss']:.4f}", lr=f"{rec['lr']:.1e}",
                                     sps=f"{rec['steps_per_s']:.2f}")
             names = []
-            if self.val_set is None and step % cfg["val_every"] == 0 and d.is_main:
+            if self.val_set is None and step % cfg.val_every == 0 and d.is_main:
                 log.image("train/rainy|derained|clean",
                           torch.cat([rain[0], pred[0].detach(), clean[0]], dim=-1).float().cpu(), step)
-            if self.val_set is not None and (step % cfg["val_every"] == 0 or step == steps) and d.is_main:
+            if self.val_set is not None and (step % cfg.val_every == 0 or step == steps) and d.is_main:
                 tv = time.perf_counter()
                 v = self.validate()
                 t0 += time.perf_counter() - tv  # steps/s counts training only
@@ -471,9 +470,9 @@ class Trainer:
                 if v["val_psnr"] > self.best_psnr:
                     self.best_psnr = v["val_psnr"]
                     names.append("best.pt")
-            if step % cfg["save_every"] == 0 and step < steps:
+            if step % cfg.save_every == 0 and step < steps:
                 names.append("latest.pt")
-            if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0:
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
                 names.append(f"step_{step}.pt")
             stop = self._should_stop(step)
             if stop and "latest.pt" not in names:
