@@ -233,9 +233,11 @@ def derain_fn(model: torch.nn.Module, tile: int | None = None, gate: float | Non
     rain gate at threshold ``gate`` when given (``gate_stats`` counts what it passed)."""
     from jdnet_plugin.inference import derain
 
+    stats = gate_stats if gate_stats is not None else GateStats()
+
     def fn(rgb: np.ndarray, key: str) -> np.ndarray | None:
-        out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=gate_stats)
-        return None if gate is not None and np.array_equal(out, rgb) else out  # None: passed, keep the file
+        out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=stats)
+        return None if gate is not None and not stats.last[0] else out  # None: passed, keep the file
 
     return fn
 

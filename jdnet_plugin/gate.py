@@ -15,7 +15,7 @@ derain CLI) passes images whose score is below a threshold through untouched. ``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +89,13 @@ class GateStats:
 
     derained: int = 0
     passed: int = 0
+    last: list[bool] = field(default_factory=list, repr=False)  # the latest batch's decisions, per image
 
     def update(self, derain_mask: torch.Tensor) -> None:
-        n = int(derain_mask.sum())
+        self.last = [bool(v) for v in derain_mask.flatten().tolist()]
+        n = sum(self.last)
         self.derained += n
-        self.passed += int(derain_mask.numel()) - n
+        self.passed += len(self.last) - n
 
     @property
     def total(self) -> int:

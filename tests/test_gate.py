@@ -77,7 +77,10 @@ def test_rain_score_and_gate_pass_clean_images_through_unchanged():
     assert torch.equal(out[0], clean)  # passed through, bit for bit
     torch.testing.assert_close(out[1], derain_tensor(model, rainy))
     assert (stats.derained, stats.passed, stats.total) == (1, 1, 2)
+    assert stats.last == [False, True]  # the latest batch's decisions, in order
     assert "1 of 2 derained" in str(stats)
+    derain_tensor(model, rainy[None], gate="auto", gate_stats=stats)
+    assert stats.last == [True] and (stats.derained, stats.passed) == (2, 1)
     # off: everything derained; a threshold above every score: nothing
     torch.testing.assert_close(derain_tensor(model, clean, gate="off"), derain_tensor(model, clean))
     assert torch.equal(derain_tensor(model, rainy, gate=1e9), rainy)

@@ -138,9 +138,10 @@ class _Runner:
             for job, _ in group:
                 self.report(f"{job.src}: deraining failed: {e}")
             return
-        for (job, _), a, y in zip(group, batch, outs):
+        derained = self.kwargs["gate_stats"].last if self.gated else [True] * len(group)
+        for (job, _), y, was_derained in zip(group, outs, derained):
             try:
-                if self.gated and not self.sbs and np.array_equal(a, y):
+                if not was_derained and not self.sbs:
                     atomic_copy(job.src, job.dst)  # passed by the rain gate: the file itself, not re-encoded
                 else:
                     write_image(job.dst, y)  # (H, W, 1) is written as grayscale
