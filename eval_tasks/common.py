@@ -25,7 +25,7 @@ from jdnet_plugin.checkpoint import load_model, weights_file
 from jdnet_plugin.cli._common import run_cli
 from jdnet_plugin.data.datasets import DatasetError
 from jdnet_plugin.gate import GATE_VERSION, GateStats, gate_threshold
-from jdnet_plugin.io import read_rgb, write_rgb
+from jdnet_plugin.io import read_rgb, to_tensor, write_rgb
 from jdnet_plugin.rain import preset_digest
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
@@ -42,7 +42,7 @@ MARKER = ".complete.json"
 TRANSPLANT = "transplant:"  # rain spec prefix: benchmark rain of a paired folder put on the images
 JPEG_QUALITY = 95  # derived copies keep the source's file names and formats; JPEG quality as jdnet_plugin.synth
 
-ImageFn = Callable[[np.ndarray, str], np.ndarray | None]  # None: the image unchanged
+ImageFn = Callable[[np.ndarray, str], np.ndarray | Path | None]  # None: the image unchanged; a path: that file
 
 
 class EvalError(ValueError):
@@ -228,16 +228,26 @@ def rain_label(spec: str) -> str:
 
 
 def derain_fn(model: torch.nn.Module, tile: int | None = None, gate: float | None = None,
-              gate_stats: GateStats | None = None) -> ImageFn:
+              gate_stats: GateStats | None = None, twin: Path | None = None) -> ImageFn:
     """``fn(rgb, name)``: the image through ``jdnet_plugin.inference.derain`` (on the model's device), with the
-    rain gate at threshold ``gate`` when given (``gate_stats`` counts what it passed)."""
-    from jdnet_plugin.inference import derain
+    rain gate at threshold ``gate`` when given (``gate_stats`` counts what it passed; a passed image is None:
+    keep the file). ``twin``: a copy of the same images derained without the gate (same weights and tile),
+    whose file is taken (a path) for each image the gate derains, instead of deraining it again."""
+    from jdnet_plugin.inference import derain, rain_score
 
     stats = gate_stats if gate_stats is not None else GateStats()
 
-    def fn(rgb: np.ndarray, key: str) -> np.ndarray | None:
-        out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=stats)
-        return None if gate is not None and not stats.last[0] else out  # None: passed, keep the file
+    def fn(rgb: np.ndarray, key: str) -> np.ndarray | Path | None:
+        if gate is None:
+            return derain(rgb, model=model, tile=tile)
+        if twin is None:
+            out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=stats)
+            return out if stats.last[0] else None
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            keep = rain_score(model, to_tensor(rgb).to(device)) >= gate
+        stats.update(keep[None].cpu())
+        return twin / key if bool(keep) else None
 
     return fn
 
@@ -249,14 +259,15 @@ def gated_copies(cache: Path, gate: float | None, model: torch.nn.Module, tile: 
                  sources: Mapping[str, tuple[str, dict, Path]], write: Callable[[Path, Path, Path, ImageFn, str], None]
                  ) -> dict[str, tuple[Path, bool]]:
     """Copies derained with the rain gate at threshold ``gate`` (none when it is None), cached as
-    :func:`cached_copy`: ``sources`` is ``{copy: (folder name, cache key, source folder)}``;
+    :func:`cached_copy`: ``sources`` is ``{copy: (folder name, cache key, source folder, ungated twin copy
+    or None)}`` (the twin's files are taken for the images the gate derains);
     ``write(src, tmp, final, fn, desc)`` writes the copy of ``src`` through ``fn`` into ``tmp``. Each copy
     records what the gate derained in ``GATE_FILE``."""
     out = {}
-    for copy, (name, key, src) in (sources.items() if gate is not None else ()):
-        def build(tmp: Path, final: Path, src: Path = src, copy: str = copy) -> None:
+    for copy, (name, key, src, twin) in (sources.items() if gate is not None else ()):
+        def build(tmp: Path, final: Path, src: Path = src, copy: str = copy, twin: Path | None = twin) -> None:
             stats = GateStats()
-            write(src, tmp, final, derain_fn(model, tile, gate, stats), f"{copy} (gate)")
+            write(src, tmp, final, derain_fn(model, tile, gate, stats, twin), f"{copy} (gate)")
             atomic_write_text(tmp / GATE_FILE, json.dumps({"threshold": gate, "derained": stats.derained,
                                                            "passed": stats.passed}))
 
@@ -299,18 +310,20 @@ def map_image_tree(files: Sequence[Path], src_root: Path, dst_root: Path, fn: Im
                    desc: str = "images") -> list[Path]:
     """Write ``fn(image, relative name)`` of each of ``files`` (under ``src_root``) to the same relative
     path under ``dst_root``; ``fn=None``, or ``fn`` returning None (the image unchanged), links the file
-    (copies it where links are not possible), so that it is not encoded again."""
+    (copies it where links are not possible), so that it is not encoded again; ``fn`` returning a path links
+    that file instead."""
     out = []
     for f in tqdm(files, desc=desc, unit="img", leave=False, disable=None):
         rel = f.relative_to(src_root)
         dst = dst_root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         image = None if fn is None else fn(read_rgb(f), rel.as_posix())
-        if image is None:
+        if image is None or isinstance(image, Path):
+            linked = f if image is None else image
             try:
-                os.symlink(f.resolve(), dst)
+                os.symlink(linked.resolve(), dst)
             except OSError:
-                shutil.copy2(f, dst)
+                shutil.copy2(linked, dst)
         else:
             _write_image(dst, image)
         out.append(dst)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jdnet_plugin.eval_tasks.common import EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report
+from jdnet_plugin.eval_tasks.common import (
+    EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report)
 from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
 
 __all__ = ["ROWS", "read_reports", "comparison", "render_markdown", "draw_sheet", "main"]

@@ -33,10 +33,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from jdnet_plugin.eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                                            files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
-                                            map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
-                                            resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+from jdnet_plugin.eval_tasks.common import (
+    EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest, files_fingerprint,
+    finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
+    rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -189,9 +189,9 @@ def build_detection_copies(ds: YoloDataset, cache: Path, rain: str, seed: int, d
         if derain_clean:
             out["clean_derained"] = cached_copy(cache, f"{stem}-clean-derained", clean_key,
                                                 _copy_builder(ds, derain_fn(derainer, tile), ds.root, "derain clean"))
-        sources = {"derained_gated": (f"{stem}-derained-{label}-s{seed}", derain_key, rainy[0])}
+        sources = {"derained_gated": (f"{stem}-derained-{label}-s{seed}", derain_key, rainy[0], out["derained"][0])}
         if derain_clean:
-            sources["clean_derained_gated"] = (f"{stem}-clean-derained", clean_key, ds.root)
+            sources["clean_derained_gated"] = (f"{stem}-clean-derained", clean_key, ds.root, out["clean_derained"][0])
         out.update(gated_copies(cache, gate, derainer, tile, sources,
                                 lambda src, tmp, final, fn, desc: _copy_builder(ds, fn, src, desc)(tmp, final)))
     return out

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from jdnet_plugin.eval_tasks.common import (TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint,
-                                            load_derainer, map_image_tree, markdown_table, pick_device, rain_fn, rain_id,
-                                            rain_label, write_report)
+from jdnet_plugin.eval_tasks.common import (
+    TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint, load_derainer, map_image_tree,
+    markdown_table, pick_device, rain_fn, rain_id, rain_label, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS
 from jdnet_plugin.registry import DEFAULT_WEIGHTS

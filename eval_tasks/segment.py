@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from jdnet_plugin.eval_tasks.common import (EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest,
-                                            files_fingerprint, finish_report, gate_report, gated_copies, load_derainer,
-                                            map_image_tree, pick_device, rain_fn, rain_id, rain_label, recovered_fraction,
-                                            resolve_gate_arg, sha256_file)
+from jdnet_plugin.eval_tasks.common import (
+    EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest, files_fingerprint,
+    finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
+    rain_label, recovered_fraction, resolve_gate_arg, sha256_file)
 from jdnet_plugin.integrations.segmentation import SegmenterAdapter
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -284,9 +284,9 @@ def _segment_copies(images: list[Path], root: Path, source: dict, cache: Path, r
         copies["clean_derained"] = cached_copy(
             cache, f"{root.name}-clean-derained", clean_key,
             lambda tmp, final: map_image_tree(images, root, tmp, derain_fn(derainer, tile), "derain clean"))
-    sources = {"derained_gated": (f"{root.name}-derained-{label}-s{seed}", derain_key, rainy)}
+    sources = {"derained_gated": (f"{root.name}-derained-{label}-s{seed}", derain_key, rainy, derained[0])}
     if derain_clean:
-        sources["clean_derained_gated"] = (f"{root.name}-clean-derained", clean_key, root)
+        sources["clean_derained_gated"] = (f"{root.name}-clean-derained", clean_key, root, copies["clean_derained"][0])
     copies.update(gated_copies(cache, gate, derainer, tile, sources, lambda src, tmp, final, fn, desc: map_image_tree(
         [src / f.relative_to(root) for f in images], src, tmp, fn, desc)))
     return copies

@@ -262,6 +262,17 @@ def test_dataset_mode_gate(tmp_path, yolo_pt, weights, capsys):
     rainy = Path(report["copies"]["rainy"]) / "images" / "val" / "im0.jpg"
     gated = Path(report["copies"]["derained_gated"]) / "images" / "val" / "im0.jpg"
     assert gated.read_bytes() == rainy.read_bytes()  # passed through: the file itself, not encoded again
+    # a threshold every image reaches: the gated copy takes the ungated derained copy's files (not derained again)
+    rc, _, err = run(["--data", yaml_path, "--model", yolo_pt, "--weights", weights, "--rain", "light", "--out",
+                      tmp_path / "out0", "--cache", out / "cache", "--imgsz", 64, "--derain-clean", "--gate", "0"],
+                     capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out0" / "report.json").read_text())
+    assert report["gate"]["derained_gated"] == {"threshold": 0.0, "derained": 2, "passed": 0}
+    assert report["derained_gated"] == report["derained"] and report["clean_derained_gated"] == report["clean_derained"]
+    for copy, twin in [("derained_gated", "derained"), ("clean_derained_gated", "clean_derained")]:
+        gated = Path(report["copies"][copy]) / "images" / "val" / "im1.jpg"
+        assert gated.resolve() == (Path(report["copies"][twin]) / "images" / "val" / "im1.jpg").resolve()
 
 
 def test_footage_mode_gate_picks_per_frame(tmp_path, yolo_pt, weights, capsys):

@@ -15,8 +15,8 @@ cv2 = pytest.importorskip("cv2")
 
 from jdnet_plugin.integrations import attach_derain, detach_derain, load_yolo  # noqa: E402
 from jdnet_plugin.integrations._weights import derain_batch  # noqa: E402
-from jdnet_plugin.integrations.ultralytics_hook import (check_ultralytics, derain_frames, derain_gate_stats,  # noqa: E402
-                                                       is_derain_attached, letterbox_content)
+from jdnet_plugin.integrations.ultralytics_hook import (  # noqa: E402
+    check_ultralytics, derain_frames, derain_gate_stats, is_derain_attached, letterbox_content)
 
 IMGSZ = 64
 
