@@ -243,11 +243,12 @@ def derain_fn(model: torch.nn.Module, tile: int | None = None, gate: float | Non
         if twin is None:
             out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=stats)
             return out if stats.last[0] else None
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            keep = rain_score(model, to_tensor(rgb).to(device)) >= gate
+        with torch.inference_mode():  # scored as derain(gate=...) scores it: from the CPU tensor of the image
+            keep = rain_score(model, to_tensor(rgb)) >= gate
         stats.update(keep[None].cpu())
-        return twin / key if bool(keep) else None
+        if not keep:
+            return None
+        return twin / key if (twin / key).is_file() else derain(rgb, model=model, tile=tile)
 
     return fn
 
@@ -256,8 +257,8 @@ GATE_FILE = "gate.json"  # in a gated copy's folder: {"threshold", "derained", "
 
 
 def gated_copies(cache: Path, gate: float | None, model: torch.nn.Module, tile: int | None,
-                 sources: Mapping[str, tuple[str, dict, Path]], write: Callable[[Path, Path, Path, ImageFn, str], None]
-                 ) -> dict[str, tuple[Path, bool]]:
+                 sources: Mapping[str, tuple[str, dict, Path, Path | None]],
+                 write: Callable[[Path, Path, Path, ImageFn, str], None]) -> dict[str, tuple[Path, bool]]:
     """Copies derained with the rain gate at threshold ``gate`` (none when it is None), cached as
     :func:`cached_copy`: ``sources`` is ``{copy: (folder name, cache key, source folder, ungated twin copy
     or None)}`` (the twin's files are taken for the images the gate derains);

@@ -512,11 +512,11 @@ def _rain_scores(folder: Path, stems: list[str], derainer: torch.nn.Module, wsha
     path = cache / f"rain-scores-{digest({'frames': folder.name, 'weights': wsha, 'gate': GATE_VERSION}, 12)}.json"
     if path.is_file() and folder.name != "stream-frames":
         return json.loads(path.read_text())
-    device = next(derainer.parameters()).device
-    with torch.inference_mode():
-        scores = {stem: float(rain_score(derainer, to_tensor(read_rgb(folder / "rainy" / f"{stem}.png")).to(device)))
+    with torch.inference_mode():  # scored as derain(gate=...) scores them: from the CPU tensor of the frame
+        scores = {stem: float(rain_score(derainer, to_tensor(read_rgb(folder / "rainy" / f"{stem}.png"))))
                   for stem in tqdm(stems, desc="rain scores", unit="frame", disable=None)}
-    atomic_write_text(path, json.dumps(scores))
+    if folder.name != "stream-frames":
+        atomic_write_text(path, json.dumps(scores))
     return scores
 
 
@@ -549,7 +549,8 @@ def _detect_frames(yolo, folder: Path, stems: list[str], kinds: list[str], run: 
             if k in ("rainy", "derained"):
                 shown[k] = _labelled_detections(res, run.conf, k)
         if scores is not None:
-            picked = "derained" if scores[stem] >= run.gate else "rainy"
+            # compared in float32, as inference.gated compares rain_score's tensor with the threshold
+            picked = "derained" if np.float32(scores[stem]) >= np.float32(run.gate) else "rainy"
             dets["derained_gated"] = dets[picked]
             row.update(derained_gated_count=row[f"{picked}_count"], derained_gated_mean_conf=row[f"{picked}_mean_conf"],
                        rain_score=scores[stem], gate_derained=picked == "derained")
@@ -573,9 +574,6 @@ def _footage_summary(rows: list[dict], dets: dict[str, list], kinds: list[str], 
     for k in kinds:
         summary[k].update(map50=maps[k]["map50"], map50_95=maps[k]["map50_95"])
     fraction, notes = recovered_fraction(summary["clean"], summary["rainy"], summary["derained"], METRICS)
-    if "derained_gated" in summary:
-        summary["derained_gated"]["recovered_fraction"] = recovered_fraction(
-            summary["clean"], summary["rainy"], summary["derained_gated"], METRICS)[0]
     notes.append(f"reference: detections on the clean frames with conf >= {conf} "
                  f"({maps['clean']['reference_objects']} objects); clean's own mAP is the ceiling")
     return summary, fraction, notes, {k: {c: v["map50_95"] for c, v in maps[k]["per_class"].items()} for k in kinds}
@@ -617,6 +615,9 @@ def detect_footage(source: str, model: str, weights: str | os.PathLike, out: Pat
             "gate": {"derained_gated": {"threshold": run.gate, "derained": sum(r["gate_derained"] for r in rows),
                                         "passed": sum(not r["gate_derained"] for r in rows)}}} if scores else {}),
         "recovered_fraction": fraction,
+        **({"recovered_fraction_gated": recovered_fraction(summary["clean"], summary["rainy"],
+                                                           summary["derained_gated"], METRICS)[0]}
+           if scores and add_rain else {}),
         "notes": notes,
         "per_class": per_class or {},
         "config": {"mode": "footage", "source": str(source), "model": str(model), "weights": str(weights),

@@ -89,7 +89,7 @@ class GateStats:
 
     derained: int = 0
     passed: int = 0
-    last: list[bool] = field(default_factory=list, repr=False)  # the latest batch's decisions, per image
+    last: list[bool] = field(default_factory=list, repr=False, compare=False)  # the latest batch's decisions, per image
 
     def update(self, derain_mask: torch.Tensor) -> None:
         self.last = [bool(v) for v in derain_mask.flatten().tolist()]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"integrations": "jdnet_plugin.integrations", "eval_tasks": "jdnet_plugin.eval_tasks"}

@@ -139,7 +139,7 @@ class _Runner:
                 self.report(f"{job.src}: deraining failed: {e}")
             return
         derained = self.kwargs["gate_stats"].last if self.gated else [True] * len(group)
-        for (job, _), y, was_derained in zip(group, outs, derained):
+        for (job, _), y, was_derained in zip(group, outs, derained, strict=True):
             try:
                 if not was_derained and not self.sbs:
                     atomic_copy(job.src, job.dst)  # passed by the rain gate: the file itself, not re-encoded

@@ -5,6 +5,6 @@ from .distributed import DistInfo, cleanup_distributed, init_distributed, resolv
 from .sampler import InfiniteSampler
 from .trainer import CHECKPOINT_NAMES, Trainer, TrainResult, rng_state, set_rng_state
 
-__all__ = ["DEFAULT_CONFIG", "ConfigError", "TrainConfig", "config_differences", "default_config", "load_config", "merge_config",
-           "DistInfo", "cleanup_distributed", "init_distributed", "resolve_device", "InfiniteSampler",
+__all__ = ["DEFAULT_CONFIG", "ConfigError", "TrainConfig", "config_differences", "default_config", "load_config",
+           "merge_config", "DistInfo", "cleanup_distributed", "init_distributed", "resolve_device", "InfiniteSampler",
            "CHECKPOINT_NAMES", "Trainer", "TrainResult", "rng_state", "set_rng_state"]
