@@ -56,6 +56,16 @@ def cli_main(run: Callable[[argparse.Namespace], int], parser: argparse.Argument
     return run_cli(parser, run, argv, errors=(EvalError,))
 
 
+def cli_entry(run: Callable[[argparse.Namespace], int], build_parser: Callable[[], argparse.ArgumentParser]
+              ) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv) -> int`` of an evaluation script: :func:`cli_main` with a fresh parser each call."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return cli_main(run, build_parser(), argv)
+
+    return main
+
+
 def check_limit(limit: int | None) -> None:
     """An image limit (``--max-images``) is None/0 (all images) or positive."""
     if limit is not None and limit < 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jdnet_plugin.eval_tasks.common import (
-    EvalError, cli_main, derain_fn, load_derainer, markdown_table, pick_device, write_report)
+    EvalError, cli_entry, derain_fn, load_derainer, markdown_table, pick_device, write_report)
 from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
 
 __all__ = ["ROWS", "read_reports", "comparison", "render_markdown", "draw_sheet", "main"]
@@ -141,8 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(_run, build_parser(), argv)
+main = cli_entry(_run, build_parser)
 
 
 if __name__ == "__main__":

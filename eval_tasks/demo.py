@@ -24,7 +24,7 @@ from jdnet_plugin.io import read_rgb, write_rgb
 from jdnet_plugin.metrics import psnr, ssim
 from jdnet_plugin.rain import add_rain
 
-from jdnet_plugin.eval_tasks.common import cli_main
+from jdnet_plugin.eval_tasks.common import cli_entry
 
 SHARED_DETECTOR = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolov5n-coco.torchscript"
 
@@ -104,8 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli_main(_run, build_parser(), argv)
+main = cli_entry(_run, build_parser)
 
 
 if __name__ == "__main__":

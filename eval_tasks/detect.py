@@ -34,7 +34,7 @@ import yaml
 from tqdm import tqdm
 
 from jdnet_plugin.eval_tasks.common import (
-    EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest, files_fingerprint,
+    EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
     rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
@@ -717,8 +717,7 @@ def _run(args: argparse.Namespace) -> int:
     return evaluate_footage(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(_run, build_parser(), argv)
+main = cli_entry(_run, build_parser)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from jdnet_plugin.eval_tasks.common import (
-    TRANSPLANT, EvalError, cached_copy, cli_main, derain_fn, files_fingerprint, load_derainer, map_image_tree,
+    TRANSPLANT, EvalError, cached_copy, cli_entry, derain_fn, files_fingerprint, load_derainer, map_image_tree,
     markdown_table, pick_device, rain_fn, rain_id, rain_label, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS
@@ -167,7 +167,7 @@ def detection_section(paths: SharedPaths, weights: str, out: Path, cache: Path, 
     try:
         import ultralytics  # noqa: F401
     except ImportError:
-        skip = skip or "skipped: ultralytics is not installed (pip install 'jdnet-plugin[detect]')"
+        skip = skip or "skipped: ultralytics is not installed (pip install 'jdnet-plugin[ultralytics]')"
     if skip:
         return {"skipped": skip, "recovered_fraction": None}
     from jdnet_plugin.eval_tasks.detect import detect_dataset
@@ -388,8 +388,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(_run, build_parser(), argv)
+main = cli_entry(_run, build_parser)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jdnet_plugin.eval_tasks.common import (cli_main, digest, files_fingerprint, load_derainer, markdown_table,
+from jdnet_plugin.eval_tasks.common import (cli_entry, digest, files_fingerprint, load_derainer, markdown_table,
                                             pick_device, sha256_file, to_jsonable, write_report)
 from jdnet_plugin.checkpoint import weights_file
 from jdnet_plugin.metrics import PAIR_METRICS, paired_dataset, score_pairs
@@ -171,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(evaluate_restoration, build_parser(), argv)
+main = cli_entry(evaluate_restoration, build_parser)
 
 
 if __name__ == "__main__":

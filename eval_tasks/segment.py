@@ -17,7 +17,6 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jdnet_plugin.eval_tasks.common import (
-    EvalError, add_common_args, cached_copy, check_limit, cli_main, derain_fn, digest, files_fingerprint,
+    EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
     rain_label, recovered_fraction, resolve_gate_arg, sha256_file)
 from jdnet_plugin.integrations.segmentation import SegmenterAdapter
@@ -400,8 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(evaluate_segmentation, build_parser(), argv)
+main = cli_entry(evaluate_segmentation, build_parser)
 
 
 if __name__ == "__main__":

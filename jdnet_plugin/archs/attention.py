@@ -146,34 +146,33 @@ def aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) 
     return (xu * weight.view(b, 1, s, -1, h * w)).sum(3).view(b, c, h, w)
 
 
-class Subtraction(nn.Module):
-    """Module form of :func:`subtraction`."""
+class _WindowOp(nn.Module):
+    """An attention operation over ``kernel_size x kernel_size`` windows as a module."""
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         self.kernel_size = kernel_size
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
+
+
+class Subtraction(_WindowOp):
+    """Module form of :func:`subtraction`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return subtraction(x, self.kernel_size)
 
 
-class Subtraction2(nn.Module):
+class Subtraction2(_WindowOp):
     """Module form of :func:`subtraction2`."""
-
-    def __init__(self, kernel_size: int = 7) -> None:
-        super().__init__()
-        self.kernel_size = kernel_size
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return subtraction2(x1, x2, self.kernel_size)
 
 
-class Aggregation(nn.Module):
+class Aggregation(_WindowOp):
     """Module form of :func:`aggregation`."""
-
-    def __init__(self, kernel_size: int = 7) -> None:
-        super().__init__()
-        self.kernel_size = kernel_size
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return aggregation(x, weight, self.kernel_size)

@@ -165,6 +165,9 @@ class _Base(Dataset):
         self.cache = cache
         self._cache: dict[Path, np.ndarray] = {}
 
+    def __len__(self) -> int:
+        return len(self.files)
+
     def _read(self, path: Path) -> np.ndarray:
         if self.cache and path in self._cache:
             return self._cache[path]
@@ -271,9 +274,6 @@ class SideBySideDataset(_Base):
             raise DatasetError(f"{f}: width {w} is odd; a side-by-side pair is clean (left) | rainy (right), "
                                "two halves of equal width")
 
-    def __len__(self) -> int:
-        return len(self.files)
-
     def __getitem__(self, key) -> dict:
         index, rng = self._rng(key)
         f = self.files[index]
@@ -294,9 +294,6 @@ class UnpairedDataset(_Base):
         self.files = _images(self.root) if self.root is not None else [Path(f) for f in files]
         if not self.files:
             raise DatasetError("no images given")
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, key) -> dict:
         index, rng = self._rng(key)
@@ -335,9 +332,6 @@ class SyntheticRainDataset(_Base):
         if check and patch_size is not None:
             for f in self.files:
                 self._check_crop(*_image_size(f), what=str(f))
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, key) -> dict:
         from ..rain import add_rain_pair
