@@ -163,3 +163,12 @@ register_weights(PretrainedWeights(
                 "(configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
 ), preset_default=True)
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s4",
+    file="jdnet-lite-broadrain-s4.pt",
+    sha256="9f553ba172e979c402c277fee1c32e654bac7102561b983e3a0113156afcb1a6",
+    model="jdnet-lite",
+    description="jdnet-lite.broadrain-s3 fine-tuned 2000 more steps (stage 4: batch 8, 128x128, Adam 1.5e-4, "
+                "negative SSIM, 10 % dry crops, seed 3) on the same 548 clean photos with the broad rain; no "
+                "benchmark image (configs/train_broad_weights.sh); not the default: a tie with stage 3 on held-out rain",
+))
