@@ -5,28 +5,26 @@
 # that (configs/stage3-broad.yaml, the control of configs/train_stage3_comparison.sh) and is shipped as
 # jdnet-lite.broadrain-s3, the default; stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
 # jdnet-lite.broadrain-s4. Rerunning resumes; a finished stage is skipped.
-# Usage: bash configs/train_broad_weights.sh [extra train flags for both stages]
+# Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
 SHIP=${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}
 [ -f "$RUN-broad/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/rain-comparison-broad.yaml \
   --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-broad" --no-progress "$@"
-[ -f "runs/broad-weights-stage2/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/broad-weights-stage2.yaml \
-  --init "$RUN-broad/final.pt" --data "${DATA[@]}" --val "$RUN/val" --out runs/broad-weights-stage2 --no-progress "$@"
-# The shipped file: the model alone (no optimiser), from stage 2's final.pt (no selection on validation).
-"$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
-  runs/broad-weights-stage2/final.pt "$SHIP"
-echo "broad weights: $SHIP (sha256 $(sha256sum "$SHIP" | cut -c1-64))"
+# A fine-tuning stage: train CONFIG from INIT into OUT unless OUT/final.pt exists, then ship its final.pt as SHIP:
+# the model alone (no optimiser; no selection on validation), and print its sha256.
+stage() {
+  local config=$1 init=$2 out=$3 ship=$4 label=$5
+  shift 5
+  [ -f "$out/final.pt" ] || "$PY" -m jdnet_plugin.train --config "$config" --init "$init" --data "${DATA[@]}" \
+    --val "$RUN/val" --out "$out" --no-progress "$@"
+  "$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
+    "$out/final.pt" "$ship"
+  echo "$label: $ship (sha256 $(sha256sum "$ship" | cut -c1-64))"
+}
+stage configs/broad-weights-stage2.yaml "$RUN-broad/final.pt" runs/broad-weights-stage2 "$SHIP" "broad weights" "$@"
 SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
-[ -f "runs/stage3-broad/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/stage3-broad.yaml \
-  --init "$SHIP" --data "${DATA[@]}" --val "$RUN/val" --out runs/stage3-broad --no-progress "$@"
-"$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
-  runs/stage3-broad/final.pt "$SHIP3"
-echo "stage-3 weights (the default): $SHIP3 (sha256 $(sha256sum "$SHIP3" | cut -c1-64))"
+stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights (the default)" "$@"
 SHIP4=${SHIP4:-jdnet_plugin/weights/jdnet-lite-broadrain-s4.pt}
-[ -f "runs/stage4-broad/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/stage4-broad.yaml \
-  --init "$SHIP3" --data "${DATA[@]}" --val "$RUN/val" --out runs/stage4-broad --no-progress "$@"
-"$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
-  runs/stage4-broad/final.pt "$SHIP4"
-echo "stage-4 weights: $SHIP4 (sha256 $(sha256sum "$SHIP4" | cut -c1-64))"
+stage configs/stage4-broad.yaml "$SHIP3" runs/stage4-broad "$SHIP4" "stage-4 weights" "$@"

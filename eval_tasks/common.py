@@ -237,28 +237,33 @@ def rain_label(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(spec))
 
 
+def image_rain_score(model: torch.nn.Module, rgb: np.ndarray) -> torch.Tensor:
+    """:func:`jdnet_plugin.inference.rain_score` of an RGB uint8 image, scored as ``derain(gate=...)`` scores it
+    (from the image's CPU tensor)."""
+    from jdnet_plugin.inference import rain_score
+
+    with torch.inference_mode():
+        return rain_score(model, to_tensor(rgb))
+
+
 def derain_fn(model: torch.nn.Module, tile: int | None = None, gate: float | None = None,
               gate_stats: GateStats | None = None, twin: Path | None = None) -> ImageFn:
     """``fn(rgb, name)``: the image through ``jdnet_plugin.inference.derain`` (on the model's device), with the
     rain gate at threshold ``gate`` when given (``gate_stats`` counts what it passed; a passed image is None:
     keep the file). ``twin``: a copy of the same images derained without the gate (same weights and tile),
     whose file is taken (a path) for each image the gate derains, instead of deraining it again."""
-    from jdnet_plugin.inference import derain, rain_score
-
-    stats = gate_stats if gate_stats is not None else GateStats()
+    from jdnet_plugin.inference import derain
 
     def fn(rgb: np.ndarray, key: str) -> np.ndarray | Path | None:
-        if gate is None:
-            return derain(rgb, model=model, tile=tile)
-        if twin is None:
-            out = derain(rgb, model=model, tile=tile, gate=gate, gate_stats=stats)
-            return out if stats.last[0] else None
-        with torch.inference_mode():  # scored as derain(gate=...) scores it: from the CPU tensor of the image
-            keep = rain_score(model, to_tensor(rgb)) >= gate
-        stats.update(keep[None].cpu())
-        if not keep:
-            return None
-        return twin / key if (twin / key).is_file() else derain(rgb, model=model, tile=tile)
+        if gate is not None:
+            keep = image_rain_score(model, rgb) >= gate
+            if gate_stats is not None:
+                gate_stats.update(keep[None].cpu())
+            if not keep:
+                return None
+            if twin is not None and (twin / key).is_file():
+                return twin / key
+        return derain(rgb, model=model, tile=tile)
 
     return fn
 

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from jdnet_plugin.eval_tasks.common import (
     EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
-    finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
-    rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+    finish_report, gate_report, gated_copies, image_rain_score, load_derainer, map_image_tree, pick_device, rain_fn,
+    rain_id, rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -506,15 +506,13 @@ def _rain_scores(folder: Path, stems: list[str], derainer: torch.nn.Module, wsha
                  ) -> dict[str, float]:
     """:func:`jdnet_plugin.inference.rain_score` of each rainy frame (what the gate decides on), cached next to
     the frames: the gate then picks, per frame, the detections on the derained or on the rainy frame."""
-    from jdnet_plugin.inference import rain_score
-    from jdnet_plugin.io import read_rgb, to_tensor
+    from jdnet_plugin.io import read_rgb
 
     path = cache / f"rain-scores-{digest({'frames': folder.name, 'weights': wsha, 'gate': GATE_VERSION}, 12)}.json"
     if path.is_file() and folder.name != "stream-frames":
         return json.loads(path.read_text())
-    with torch.inference_mode():  # scored as derain(gate=...) scores them: from the CPU tensor of the frame
-        scores = {stem: float(rain_score(derainer, to_tensor(read_rgb(folder / "rainy" / f"{stem}.png"))))
-                  for stem in tqdm(stems, desc="rain scores", unit="frame", disable=None)}
+    scores = {stem: float(image_rain_score(derainer, read_rgb(folder / "rainy" / f"{stem}.png")))
+              for stem in tqdm(stems, desc="rain scores", unit="frame", disable=None)}
     if folder.name != "stream-frames":
         atomic_write_text(path, json.dumps(scores))
     return scores

@@ -47,6 +47,15 @@ def make_dataset(root: Path, n: int = 3, names: str = NAMES, labels: bool = True
     return yaml_path
 
 
+def make_frames(folder: Path, n: int, seed: int) -> Path:
+    """A folder of ``n`` random 64x48 PNG frames, f00.png, f01.png, ..."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"f{i:02d}.png"), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    return folder
+
+
 def run(argv, capsys) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -166,11 +175,7 @@ def test_detections_map():
 
 
 def test_footage_mode_folder(tmp_path, yolo_pt, weights, capsys):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        cv2.imwrite(str(frames / f"f{i:02d}.png"), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    frames = make_frames(tmp_path / "frames", 4, seed=1)
     out = tmp_path / "out"
     argv = ["--source", frames, "--model", yolo_pt, "--weights", weights, "--out", out, "--add-rain", "light",
             "--max-frames", 3, "--imgsz", 64, "--conf", 0.001]
@@ -281,11 +286,7 @@ def test_footage_mode_gate_picks_per_frame(tmp_path, yolo_pt, weights, capsys):
     from jdnet_plugin.inference import rain_score
     from jdnet_plugin.io import read_rgb, to_tensor
 
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        cv2.imwrite(str(frames / f"f{i}.png"), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    frames = make_frames(tmp_path / "frames", 3, seed=2)
     kw = dict(add_rain="heavy", imgsz=64, conf=0.001, cache=tmp_path / "cache")
     reports = {g: detect_footage(str(frames), str(yolo_pt), weights, tmp_path / f"out{g}", gate=g, **kw)
                for g in ("0", "1e9")}
