@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from jdnet_plugin.archs import native
+    from jdnet_plugin.ops import native
     from jdnet_plugin.inference import derain_tensor
     from jdnet_plugin.registry import create_model
     from jdnet_plugin.utils.host_memory import keep_freed_memory

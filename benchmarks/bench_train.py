@@ -1,7 +1,10 @@
-"""Training steps per second of JDNet at the authors' patch size (64x64), fast against reference.
+"""Training steps per second of JDNet at the authors' patch size (64x64), fast against reference, and against
+the step's FLOP limit.
 
 A step is forward, the negative-SSIM loss (the authors' default), backward and an Adam update, on
 random images. Each (preset, impl) runs in a fresh subprocess, alternating, median of ``--repeats``.
+The FLOP limit follows ``flop_limit.py``'s rule: the step's FLOPs (``train_step_flops``, convolutions and
+matrix products of forward and backward) at the rate of a large square fp32 GEMM on ``--threads`` threads.
 
     python benchmarks/bench_train.py                     # both presets, batch 16, 2 threads
 
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 from _results import ROOT, machine_info, machine_text, write_results
+from flop_limit import gemm_rate, train_step_flops
 
 
 
@@ -57,7 +61,8 @@ def child(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", action="append", help="default: jdnet and jdnet-lite")
-    p.add_argument("--impl", choices=("both", "fast", "reference"), default="both")
+    p.add_argument("--impl", choices=("all", "fast", "fast-pytorch", "reference"), default="all",
+                   help="fast-pytorch: the fast path without its native kernels (JDNET_NATIVE=0)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps per subprocess")
@@ -75,17 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    impls = ["fast", "fast-pytorch", "reference"] if args.impl == "all" else [args.impl]
+    torch.set_num_threads(args.threads)
+    rate = gemm_rate(4096, 3) if args.device == "cpu" else None
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": args.omp_wait_policy}
     rows = []
     for preset in args.preset or ["jdnet", "jdnet-lite"]:
         runs: dict[str, list[float]] = {i: [] for i in impls}
         for r in range(args.repeats):
             for impl in (impls if r % 2 == 0 else impls[::-1]):
-                cmd = [sys.executable, __file__, "--child", "--preset", preset, "--impl", impl,
+                cmd = [sys.executable, __file__, "--child", "--preset", preset, "--impl", impl.split("-")[0],
                        "--batch", str(args.batch), "--patch", str(args.patch), "--steps", str(args.steps),
                        "--threads", str(args.threads), "--device", args.device]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                proc = subprocess.run(cmd, capture_output=True, text=True,
+                                      env={**env, "JDNET_NATIVE": "0"} if impl == "fast-pytorch" else env)
                 if proc.returncode:
                     print(f"{preset} {impl}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                     continue
@@ -98,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             if secs:
                 med = statistics.median(secs)
                 row[impl] = {"seconds_per_step_median": med, "steps_per_s": 1 / med, "seconds_all": secs}
+        if rate:
+            flops = train_step_flops(preset, args.batch, args.patch)
+            row["step_gflop"], row["gemm_gflops"], row["flop_limit_s"] = flops / 1e9, rate / 1e9, flops / rate
         if all(i in row for i in ("fast", "reference")):
             row["speedup"] = row["reference"]["seconds_per_step_median"] / row["fast"]["seconds_per_step_median"]
         rows.append(row)
@@ -108,13 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# JDNet training-step benchmark ({result['date']})", "",
              f"`{result['command']}`; torch {result['torch']}, {machine_text(result['machine'])}, load average at the end "
              f"{', '.join(f'{v:.1f}' for v in result['loadavg_at_end'])}. {args.note}", "",
-             "| preset | batch x patch | impl | s/step (median) | steps/s | speedup |", "|---|---|---|---|---|---|"]
+             "| preset | batch x patch | impl | s/step (median) | steps/s | speedup | x FLOP limit |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         for impl in impls:
             if impl in row:
                 sp = f"{row['speedup']:.1f}x" if impl == "fast" and "speedup" in row else ""
+                sec = row[impl]["seconds_per_step_median"]
+                limit = (f"{sec / row['flop_limit_s']:.1f}x ({row['step_gflop']:.0f} GFLOP at "
+                         f"{row['gemm_gflops']:.0f} GFLOP/s: {row['flop_limit_s']:.2f} s)" if "flop_limit_s" in row else "")
                 lines.append(f"| {row['preset']} | {row['batch']} x {row['patch']}x{row['patch']} | {impl} | "
-                             f"{row[impl]['seconds_per_step_median']:.3f} | {row[impl]['steps_per_s']:.3f} | {sp} |")
+                             f"{sec:.3f} | {row[impl]['steps_per_s']:.3f} | {sp} | {limit} |")
     write_results(f"train-{args.tag}", result, "\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -37,6 +37,22 @@ def network_flops(preset: str, size: tuple[int, int]) -> float:
     return float(counter.get_total_flops())
 
 
+def train_step_flops(preset: str, batch: int, patch: int) -> float:
+    """FLOPs of one training step of ``preset`` (forward and backward) on ``batch`` crops of ``patch x patch``,
+    counted as :func:`network_flops` counts them (the loss and the Adam update, both small, are not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jdnet_plugin.registry import create_model
+
+    model = create_model(preset).train().set_attention_impl("reference").to("meta")
+    x = torch.empty(batch, 3, patch, patch, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    return float(counter.get_total_flops())
+
+
 def gemm_rate(n: int, repeats: int) -> float:
     """Best FLOP/s of an ``n x n`` fp32 matrix product."""
     import torch

@@ -28,3 +28,5 @@ SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
 stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights (the default)" "$@"
 SHIP4=${SHIP4:-jdnet_plugin/weights/jdnet-lite-broadrain-s4.pt}
 stage configs/stage4-broad.yaml "$SHIP3" runs/stage4-broad "$SHIP4" "stage-4 weights" "$@"
+SHIP5=${SHIP5:-jdnet_plugin/weights/jdnet-lite-deep-broadrain-s5.pt}
+stage configs/stage5-deep.yaml "$SHIP3" runs/stage5-deep "$SHIP5" "stage-5 weights (jdnet-lite-deep)" "$@"

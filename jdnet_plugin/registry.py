@@ -62,6 +62,8 @@ register_model("jdnet-no-sa", self_attention=False)
 register_model("jdnet-no-sa-sc", self_attention=False, self_calibration=False)
 # Small enough to train on a 2-core CPU in about an hour.
 register_model("jdnet-lite", channels=16, units=6, scales=3)
+# Twice as deep: grown from jdnet-lite weights (archs.grow.deepen), issue 16 stage 5.
+register_model("jdnet-lite-deep", channels=16, units=12, scales=3)
 
 
 @dataclass(frozen=True)

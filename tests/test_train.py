@@ -309,9 +309,17 @@ def test_init_fine_tunes_from_given_weights_and_refuses_another_architecture(dat
     assert "resumed from 1" in capsys.readouterr().err
     (first / "moved.pt").rename(first / "final.pt")
     assert main(["--data", str(data), "--out", str(tmp_path / "other"), "--steps", "1",
-                 "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 2
+                 "--init", str(first / "final.pt"), *TINY, "--scales", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "init weights" in err and "'units': 1" in err and "'units': 2" in err
+    assert err.startswith("error: ") and "init weights" in err and "'scales': 1" in err and "'scales': 2" in err
+    # more units than the init weights: they are deepened (archs.grow.deepen), fewer: refused
+    assert main(["--data", str(data), "--out", str(tmp_path / "deeper"), "--steps", "1", "--lr", "1e-12",
+                 "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 0
+    assert "deepened to 2" in capsys.readouterr().err
+    assert load_model(tmp_path / "deeper" / "final.pt").config.units == 2
+    assert main(["--data", str(data), "--out", str(tmp_path / "shallower"), "--steps", "1",
+                 "--init", str(tmp_path / "deeper" / "final.pt"), *TINY]) == 2
+    assert "'units': 2" in capsys.readouterr().err
     assert main(["--data", str(data), "--out", str(tmp_path / "o2"), "--steps", "1",
                  "--init", str(tmp_path / "missing.pt"), *TINY]) == 2
     assert "missing.pt" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..archs.grow import deepen
 from ..checkpoint import load_model, load_state_dict_checked, read_checkpoint, save_checkpoint
 from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
@@ -237,10 +239,15 @@ class Trainer:
     def _load_init(self, source: str) -> None:
         """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
         init = load_model(source)
-        if init.config != self.model.config:
+        want = self.model.config
+        if init.config != want and init.config.units < want.units and replace(init.config, units=want.units) == want:
+            print(f"init weights {source} have {init.config.units} units; deepened to {want.units} computing the "
+                  "same image (archs.grow.deepen)", file=sys.stderr)
+            init = deepen(init, want.units)
+        if init.config != want:
             raise ConfigError(f"init weights {source!r} are a model with {init.config.to_dict()}, but this run builds "
-                              f"{self.model.config.to_dict()} (preset {self.cfg.preset!r}); set --preset and the "
-                              "model settings to match the weights")
+                              f"{want.to_dict()} (preset {self.cfg.preset!r}); set --preset and the model settings to "
+                              "match the weights (a run may have more units than its init: it is deepened)")
         self.model.load_state_dict(init.state_dict())
 
     def _resume_path(self) -> Path | None:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "san_bottleneck", "Pointwise", "pointwise", "cache_dir"]
+__all__ = ["available", "san_bottleneck", "Pointwise", "pointwise", "shift_aggregate", "shift_aggregate_backward",
+           "cache_dir", "ABI_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,33 @@ def _build() -> ctypes.CDLL | None:
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
             lib.jdnet_san.argtypes = [ptr, ctypes.c_int64] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
             lib.jdnet_pointwise.argtypes = [i32, i32, ctypes.POINTER(_PointwiseArgs), i32]
-            for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp):
+            lib.jdnet_shift_aggregate.argtypes = [ptr] * 3 + [i32] * 7
+            lib.jdnet_shift_aggregate_backward.argtypes = [ptr] * 5 + [i32] * 7
+            for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp, lib.jdnet_abi_version,
+                       lib.jdnet_pw_args_size, lib.jdnet_shift_aggregate, lib.jdnet_shift_aggregate_backward):
                 fn.restype = i32
+            _check_abi(lib, target)
             return lib
         errors.append(error)
     log.warning("jdnet_plugin: building the native kernels failed; the attention runs in PyTorch "
                 "(slower). Set JDNET_NATIVE=0 to silence this.\n%s", "\n".join(errors))
     return None
+
+
+# The interface this module calls: JDNET_ABI_VERSION in san.c (argument lists of its functions, the layout of
+# pw_args).
+ABI_VERSION = 3
+
+
+def _check_abi(lib: ctypes.CDLL, path: Path) -> None:
+    """Refuse a library whose interface is not the one the ``argtypes`` above describe."""
+    try:
+        version, size = lib.jdnet_abi_version(), lib.jdnet_pw_args_size()
+    except AttributeError as exc:
+        raise OSError(f"{path} has no interface version (an older build?)") from exc
+    if version != ABI_VERSION or size != ctypes.sizeof(_PointwiseArgs):
+        raise OSError(f"{path} has interface {version} with a {size}-byte pw_args; this module calls interface "
+                      f"{ABI_VERSION} with {ctypes.sizeof(_PointwiseArgs)} bytes")
 
 
 def _library() -> ctypes.CDLL | None:
@@ -305,3 +326,48 @@ def pointwise(conv: Pointwise) -> bool:
             st.post, st.post_ld = conv.post[i].data_ptr(), prep["post_ld"]
         lib.jdnet_pointwise(h, w, ctypes.byref(st), threads)
     return True
+
+
+def _aggregate_shapes(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> tuple[int, ...] | None:
+    """``(B, G, S, H, W)`` where ``xp`` ``(B, G, S, H + k - 1, W + k - 1)`` and ``weight`` ``(B, 1, S, k*k, H, W)``
+    suit the aggregation kernels (contiguous CPU float32), else None."""
+    if not (_cpu_fp32(xp, weight) and xp.is_contiguous() and weight.is_contiguous()):
+        return None
+    b, g, s, hp, wp = xp.shape
+    h, w = weight.shape[-2:]
+    if weight.shape != (b, 1, s, kernel_size * kernel_size, h, w) or (hp, wp) != (h + kernel_size - 1,
+                                                                                     w + kernel_size - 1):
+        raise ValueError(f"shift_aggregate: inconsistent shapes {tuple(xp.shape)}, {tuple(weight.shape)}, "
+                         f"kernel_size {kernel_size}")
+    return b, g, s, h, w
+
+
+def shift_aggregate(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor | None:
+    """``jdnet::shift_aggregate`` (:func:`jdnet_plugin.ops.window.shift_aggregate`) by the native kernel, or None
+    where the kernels are not available or the tensors do not suit them."""
+    lib = _library()
+    dims = _aggregate_shapes(xp, weight, kernel_size) if lib is not None else None
+    if dims is None:
+        return None
+    out = torch.empty(dims[:3] + dims[3:], dtype=torch.float32)
+    lib.jdnet_shift_aggregate(xp.data_ptr(), weight.data_ptr(), out.data_ptr(), *dims, kernel_size,
+                              max(1, torch.get_num_threads()))
+    return out
+
+
+def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
+                             need_xp: bool, need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+    """Gradients of :func:`shift_aggregate` with respect to ``xp`` and ``weight`` (None where not needed), or None
+    where the native kernels do not run."""
+    lib = _library()
+    dims = _aggregate_shapes(xp, weight, kernel_size) if lib is not None else None
+    if dims is None or not _cpu_fp32(grad_out):
+        return None
+    grad_out = grad_out.contiguous()
+    grad_xp = torch.empty_like(xp) if need_xp else None
+    grad_w = torch.empty_like(weight) if need_weight else None
+    lib.jdnet_shift_aggregate_backward(xp.data_ptr(), weight.data_ptr(), grad_out.data_ptr(),
+                                       grad_xp.data_ptr() if need_xp else None,
+                                       grad_w.data_ptr() if need_weight else None, *dims, kernel_size,
+                                       max(1, torch.get_num_threads()))
+    return grad_xp, grad_w

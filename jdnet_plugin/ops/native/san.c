@@ -336,6 +336,11 @@ int jdnet_san(const float *x, int64_t ldx, const float *in_bias, const float *s1
     return err;
 }
 
+/* The interface version the Python side checks on load (bump it with any change of a signature or of
+ * pw_args), and the size of pw_args as this compiler lays it out. */
+#define JDNET_ABI_VERSION 3
+int jdnet_abi_version(void) { return JDNET_ABI_VERSION; }
+
 int jdnet_openmp(void)
 {
 #ifdef _OPENMP
@@ -455,6 +460,93 @@ int jdnet_pointwise(int H, int W, const pw_args *g, int threads)
 #ifdef __AVX__
         __builtin_ia32_sfence(); /* this thread's streamed stores are visible before the team's end */
 #endif
+    }
+    return 0;
+}
+
+int jdnet_pw_args_size(void) { return (int)sizeof(pw_args); }
+
+/* jdnet::shift_aggregate (ops/window.py) and its backward, for training: contiguous float32
+ *     xp (B, G, S, H + k - 1, W + k - 1), w (B, S, k*k, H, W), out and go (B, G, S, H, W),
+ *     out[b,g,s,y,x] = sum_q xp[b,g,s,y+i,x+j] * w[b,s,q,y,x]   (q = i*k + j).
+ * The x loops are contiguous and left to the compiler's vectoriser. */
+int jdnet_shift_aggregate(const float *xp, const float *w, float *out, int B, int G, int S, int H, int W, int k,
+                          int threads)
+{
+    const int Hp = H + k - 1, Wp = W + k - 1, K = k * k;
+    const size_t plane = (size_t)Hp * Wp, oplane = (size_t)H * W;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int bs = 0; bs < B * S; ++bs)
+        for (int y = 0; y < H; ++y) {
+            const int b = bs / S, s = bs % S;
+            const float *wb = w + (size_t)bs * K * oplane + (size_t)y * W;
+            for (int g = 0; g < G; ++g) {
+                const size_t p = ((size_t)b * G + g) * S + s;
+                const float *xb = xp + p * plane;
+                float *restrict o = out + p * oplane + (size_t)y * W;
+                for (int x = 0; x < W; ++x)
+                    o[x] = 0.f;
+                for (int i = 0; i < k; ++i) {
+                    const float *xr = xb + (size_t)(y + i) * Wp;
+                    for (int j = 0; j < k; ++j) {
+                        const float *restrict wr = wb + (size_t)(i * k + j) * oplane;
+                        const float *restrict xs = xr + j;
+                        for (int x = 0; x < W; ++x)
+                            o[x] += xs[x] * wr[x];
+                    }
+                }
+            }
+        }
+    return 0;
+}
+
+/* gxp (zeroed here) and gw from go; either may be NULL (not wanted). */
+int jdnet_shift_aggregate_backward(const float *xp, const float *w, const float *go, float *gxp, float *gw, int B,
+                                   int G, int S, int H, int W, int k, int threads)
+{
+    const int Hp = H + k - 1, Wp = W + k - 1, K = k * k;
+    const size_t plane = (size_t)Hp * Wp, oplane = (size_t)H * W;
+    if (gxp) {
+        /* Each (b, g, s) plane of gxp is written by one thread; its rows are scattered to from k rows of go. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int p = 0; p < B * G * S; ++p) {
+            const int s = p % S, b = p / (G * S);
+            const float *wb = w + ((size_t)b * S + s) * K * oplane;
+            float *gp = gxp + (size_t)p * plane;
+            memset(gp, 0, plane * sizeof(float));
+            for (int y = 0; y < H; ++y) {
+                const float *restrict gr = go + (size_t)p * oplane + (size_t)y * W;
+                for (int i = 0; i < k; ++i) {
+                    float *xr = gp + (size_t)(y + i) * Wp;
+                    for (int j = 0; j < k; ++j) {
+                        const float *restrict wr = wb + (size_t)(i * k + j) * oplane + (size_t)y * W;
+                        float *restrict xs = xr + j;
+                        for (int x = 0; x < W; ++x)
+                            xs[x] += gr[x] * wr[x];
+                    }
+                }
+            }
+        }
+    }
+    if (gw) {
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+        for (int bs = 0; bs < B * S; ++bs)
+            for (int y = 0; y < H; ++y) {
+                const int b = bs / S, s = bs % S;
+                for (int q = 0; q < K; ++q) {
+                    const int i = q / k, j = q % k;
+                    float *restrict wr = gw + ((size_t)bs * K + q) * oplane + (size_t)y * W;
+                    for (int x = 0; x < W; ++x)
+                        wr[x] = 0.f;
+                    for (int g = 0; g < G; ++g) {
+                        const size_t p = ((size_t)b * G + g) * S + s;
+                        const float *restrict gr = go + p * oplane + (size_t)y * W;
+                        const float *restrict xs = xp + p * plane + (size_t)(y + i) * Wp + j;
+                        for (int x = 0; x < W; ++x)
+                            wr[x] += gr[x] * xs[x];
+                    }
+                }
+            }
     }
     return 0;
 }

@@ -1,7 +1,8 @@
-"""Pairwise self-attention operations of SAN (Zhao, Jia, Koltun, CVPR 2020), as JDNet uses them.
+"""Pairwise self-attention operations of SAN (Zhao, Jia, Koltun, CVPR 2020) over ``k x k`` windows, as JDNet
+uses them.
 
-The authors ran these as hand-written CUDA kernels. Here each one is a pure-PyTorch function
-(differentiable, any device and dtype) and an ``nn.Module``. Neighbours outside the image are
+The authors ran these as hand-written CUDA kernels. Here each one is a PyTorch function (differentiable, any
+device and dtype) and an ``nn.Module``. Neighbours outside the image are
 read by reflection (index -1 reads index 1), so H and W must be at least ``kernel_size // 2 + 1``.
 
 Shapes follow SAN: a relation tensor is ``(B, C, K, H*W)`` with ``K = kernel_size**2`` and the
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 __all__ = [
     "position",
     "unfold_reflect",
@@ -20,6 +23,7 @@ __all__ = [
     "subtraction2",
     "aggregation",
     "aggregation_unfold",
+    "shift_aggregate",
     "Subtraction",
     "Subtraction2",
     "Aggregation",
@@ -67,40 +71,59 @@ def subtraction2(x1: torch.Tensor, x2: torch.Tensor, kernel_size: int) -> torch.
     return x1.reshape(b, c, 1, h * w) - unfold_reflect(x2, kernel_size)
 
 
-class _ShiftAggregate(torch.autograd.Function):
-    """``out = sum_q xp[window q] * w[q]`` over a padded input, one offset at a time.
+@torch.library.custom_op("jdnet::shift_aggregate", mutates_args=())
+def shift_aggregate(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``out = sum_q xp[window q] * weight[q]`` over a padded input (the core of :func:`aggregation`; a
+    ``torch.library`` operator with its backward, so ``torch.compile`` and ``torch.export`` see one op). On CPU
+    in float32 the native kernels (:mod:`.native`) compute it and its gradients; elsewhere PyTorch, one offset
+    at a time.
 
-    Autograd through 49 slices would allocate a zero-filled copy of ``xp`` per slice in backward;
-    this backward accumulates into one gradient buffer instead.
+    ``xp``: ``(B, G, S, H + 2p, W + 2p)``; ``weight``: ``(B, 1, S, K, H, W)``; returns ``(B, G, S, H, W)``.
     """
-
-    @staticmethod
-    def forward(ctx, xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        # xp: (B, G, S, H + 2p, W + 2p); weight: (B, 1, S, K, H, W)
-        h, w = weight.shape[-2:]
-        out = torch.zeros(xp.shape[:3] + (h, w), dtype=torch.result_type(xp, weight), device=xp.device)
-        for q in range(kernel_size * kernel_size):
-            i, j = divmod(q, kernel_size)
-            out.addcmul_(xp[..., i : i + h, j : j + w], weight[:, :, :, q])
-        ctx.save_for_backward(xp, weight)
-        ctx.kernel_size = kernel_size
+    out = native.shift_aggregate(xp, weight, kernel_size)
+    if out is not None:
         return out
+    h, w = weight.shape[-2:]
+    out = torch.zeros(xp.shape[:3] + (h, w), dtype=torch.result_type(xp, weight), device=xp.device)
+    for q in range(kernel_size * kernel_size):
+        i, j = divmod(q, kernel_size)
+        out.addcmul_(xp[..., i : i + h, j : j + w], weight[:, :, :, q])
+    return out
 
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        xp, weight = ctx.saved_tensors
-        k = ctx.kernel_size
-        h, w = weight.shape[-2:]
-        grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        for q in range(k * k):
-            i, j = divmod(q, k)
-            window = (..., slice(i, i + h), slice(j, j + w))
-            if grad_xp is not None:
-                grad_xp[window].addcmul_(grad_out, weight[:, :, :, q])
-            if grad_w is not None:
-                grad_w[:, 0, :, q] = (grad_out * xp[window]).sum(1)
-        return grad_xp, grad_w, None
+
+@shift_aggregate.register_fake
+def _shift_aggregate_fake(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    return xp.new_empty(xp.shape[:3] + weight.shape[-2:], dtype=torch.result_type(xp, weight))
+
+
+def _shift_aggregate_setup(ctx, inputs, output) -> None:
+    xp, weight, kernel_size = inputs
+    ctx.save_for_backward(xp, weight)
+    ctx.kernel_size = kernel_size
+
+
+def _shift_aggregate_backward(ctx, grad_out: torch.Tensor):
+    # Autograd through 49 slices would allocate a zero-filled copy of ``xp`` per slice; this accumulates
+    # into one gradient buffer instead.
+    xp, weight = ctx.saved_tensors
+    k = ctx.kernel_size
+    grads = native.shift_aggregate_backward(xp, weight, grad_out, k, *ctx.needs_input_grad[:2])
+    if grads is not None:
+        return *grads, None
+    h, w = weight.shape[-2:]
+    grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+    grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+    for q in range(k * k):
+        i, j = divmod(q, k)
+        window = (..., slice(i, i + h), slice(j, j + w))
+        if grad_xp is not None:
+            grad_xp[window].addcmul_(grad_out, weight[:, :, :, q])
+        if grad_w is not None:
+            grad_w[:, 0, :, q] = (grad_out * xp[window]).sum(1)
+    return grad_xp, grad_w, None
+
+
+shift_aggregate.register_autograd(_shift_aggregate_backward, setup_context=_shift_aggregate_setup)
 
 
 def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -123,18 +146,18 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
         )
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
     weight = weight.reshape(b, 1, s, k2, h, w)
-    if _exporting():
-        # Plain tensor operations, which tracers and exporters record (the Function is opaque to them).
+    if _tracing():
+        # Plain tensor operations, which the TorchScript tracer and the ONNX exporter record (they know no
+        # jdnet:: operators).
         out = sum(xp[..., i:i + h, j:j + w] * weight[:, :, :, i * kernel_size + j]
                   for i in range(kernel_size) for j in range(kernel_size))
     else:
-        out = _ShiftAggregate.apply(xp, weight, kernel_size)
+        out = shift_aggregate(xp, weight, kernel_size)
     return out.reshape(b, c, h, w)
 
 
-def _exporting() -> bool:
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 def aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:

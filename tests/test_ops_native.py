@@ -6,8 +6,7 @@ import sys
 import pytest
 import torch
 
-from jdnet_plugin.archs import native
-from jdnet_plugin.archs.fast_forward import _san
+from jdnet_plugin.ops import native
 from jdnet_plugin.archs.jdnet_arch import SANBottleneck
 
 has_compiler = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
@@ -57,17 +56,33 @@ def test_native_bottleneck_matches_pytorch(b, c, r, m, s, h, w, k, threads, spac
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            fast = _san(san, x, 2048, bias)
+            fast = san.forward_fused(x, bias, 2048)
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # the input is left alone
     monkeypatch.setitem(native._state, "lib", None)
     with torch.no_grad():
-        ref = _san(san, x.clone(), 2048, bias)  # the PyTorch path may write into its input
+        ref = san.forward_fused(x, bias, 2048)  # the op's PyTorch implementation
         module = san(x if bias is None else torch.nn.functional.leaky_relu(x + bias.view(-1, 1, 1), 0.2))
     assert fast.shape == (b, c, h, w) and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # so does the PyTorch implementation
     torch.testing.assert_close(fast, ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(fast, module, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("kernel", ["native", "pytorch"])
+def test_san_bottleneck_is_a_custom_op(kernel, monkeypatch):
+    # Schema, fake (meta) implementation and dispatch, checked by torch.library.opcheck.
+    if kernel == "pytorch":
+        monkeypatch.setitem(native._state, "lib", None)
+    from jdnet_plugin.ops.fused import position_conv, san_bottleneck
+    san = _bottleneck(12, 2, 6, 2, 5)
+    x, bias = _features(2, 12, 7, 9, True)
+    from jdnet_plugin.ops.fused import bn_affine
+    args = (x, bias, *bn_affine(san.bn1), *san.sam.projections(), position_conv(san.sam.conv_p, 7, 9),
+            san.sam.folded_weights()[0], *bn_affine(san.bn2), san.conv.weight.flatten(1), san.conv.bias, 5, 2048)
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(san_bottleneck, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_batch_statistics_and_other_dtypes_take_pytorch(monkeypatch):
@@ -76,8 +91,8 @@ def test_batch_statistics_and_other_dtypes_take_pytorch(monkeypatch):
     san = _bottleneck(32, 2, 8, 1, 7)
     x, _ = _features(1, 32, 9, 9, False)
     with torch.no_grad():
-        _san(san.double(), x.double(), 2048)
-        _san(san.float().train(), x, 2048)
+        san.double().forward_fused(x.double())
+        san.float().train().forward_fused(x)
     assert calls == []  # declined before the native call: no eval statistics, or not fp32
 
 
@@ -105,7 +120,7 @@ def test_inconsistent_shapes_are_an_error():
 def test_loading_the_kernels_leaves_denormals_alone(tmp_path):
     # A library linked with -ffast-math by GCC carries crtfastmath.o, which turns on flush-to-zero for the
     # whole process as it loads.
-    code = ("import torch; from jdnet_plugin.archs import native; assert native.available(); "
+    code = ("import torch; from jdnet_plugin.ops import native; assert native.available(); "
             "print(1e-310 * 1.0 != 0.0, (torch.tensor([1e-39]) * 1.0).item() != 0.0)")
     env = dict(os.environ, JDNET_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -113,7 +128,7 @@ def test_loading_the_kernels_leaves_denormals_alone(tmp_path):
 
 
 def test_disabled_by_environment(tmp_path):
-    code = "from jdnet_plugin.archs import native; print(native.available())"
+    code = "from jdnet_plugin.ops import native; print(native.available())"
     env = dict(os.environ, JDNET_NATIVE="0", JDNET_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
@@ -121,7 +136,7 @@ def test_disabled_by_environment(tmp_path):
 
 
 def test_a_failing_compiler_falls_back_with_a_warning(tmp_path):
-    code = "from jdnet_plugin.archs import native; print(native.available())"
+    code = "from jdnet_plugin.ops import native; print(native.available())"
     env = dict(os.environ, CC="false", JDNET_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
@@ -154,7 +169,7 @@ def _bottleneck_in(san, x, bias, threads=None):
         torch.set_num_threads(threads)
     assert native.available()
     with torch.no_grad():
-        return _san(san, x, 2048, bias)
+        return san.forward_fused(x, bias, 2048)
 
 
 @needs_compiler
@@ -168,13 +183,13 @@ def test_a_build_without_openmp_splits_rows_over_a_pool(monkeypatch):
     torch.set_num_threads(2)
     try:
         with torch.no_grad():
-            fast = _san(san, x, 2048, bias)
+            fast = san.forward_fused(x, bias, 2048)
     finally:
         torch.set_num_threads(old)
     assert native._state["threads"] == 2  # the pool ran the rows
     monkeypatch.setitem(native._state, "lib", None)
     with torch.no_grad():
-        torch.testing.assert_close(fast, _san(san, x, 2048, bias), rtol=0, atol=2e-5)
+        torch.testing.assert_close(fast, san.forward_fused(x, bias, 2048), rtol=0, atol=2e-5)
 
 
 @needs_compiler
@@ -224,3 +239,51 @@ def test_pointwise_declines_other_dtypes_and_layouts():
     x = torch.zeros(1, 4, 4, 8)
     assert not native.pointwise(native.Pointwise([x.double()], torch.zeros(8, 8).double(), None, x.double()))
     assert not native.pointwise(native.Pointwise([x.transpose(1, 2)], torch.zeros(8, 8), None, x))
+
+
+@needs_compiler
+@pytest.mark.parametrize("b, g, s, h, w, k, threads", [
+    (2, 4, 1, 9, 13, 7, 2),   # jdnet-lite's aggregation: four channels, one weight map
+    (1, 2, 3, 5, 8, 3, 1),    # three weight maps, one thread
+    (3, 1, 2, 4, 4, 7, 3),    # the smallest image the 7x7 reflection allows
+])
+def test_native_aggregation_and_its_gradients_match_pytorch(b, g, s, h, w, k, threads, monkeypatch):
+    from jdnet_plugin.ops.window import shift_aggregate
+    gen = torch.Generator().manual_seed(0)
+    xp = torch.randn(b, g, s, h + k - 1, w + k - 1, generator=gen, requires_grad=True)
+    weight = torch.randn(b, 1, s, k * k, h, w, generator=gen).softmax(3).requires_grad_()
+    grad = torch.randn(b, g, s, h, w, generator=gen)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert native.shift_aggregate(xp.detach(), weight.detach(), k) is not None  # the kernel runs
+        out = shift_aggregate(xp, weight, k)
+        grads = torch.autograd.grad(out, (xp, weight), grad)
+        only_weight = native.shift_aggregate_backward(xp.detach(), weight.detach(), grad, k, False, True)
+    finally:
+        torch.set_num_threads(old)
+    monkeypatch.setitem(native._state, "lib", None)
+    ref = shift_aggregate(xp, weight, k)
+    ref_grads = torch.autograd.grad(ref, (xp, weight), grad)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    assert only_weight[0] is None and torch.equal(only_weight[1], grads[1])
+
+
+def test_native_aggregation_declines_other_dtypes_and_rejects_bad_shapes():
+    xp, weight = torch.zeros(1, 2, 1, 10, 10), torch.zeros(1, 1, 1, 9, 8, 8)
+    assert native.shift_aggregate(xp.double(), weight.double(), 3) is None
+    assert native.shift_aggregate(xp.transpose(3, 4), weight, 3) is None  # not contiguous
+    if native.available():
+        with pytest.raises(ValueError, match="inconsistent shapes"):
+            native.shift_aggregate(xp, weight, 5)
+
+
+def test_the_interface_version_is_checked(tmp_path, monkeypatch):
+    lib = native._library()
+    if lib is None:
+        pytest.skip("native kernels unavailable")
+    monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 1)
+    with pytest.raises(OSError, match="interface"):
+        native._check_abi(lib, tmp_path / "san.so")
