@@ -33,6 +33,8 @@ def attention_kernel(request, monkeypatch) -> str:
     """The fast path with the native kernels (where they build) and with its PyTorch fallback."""
     if request.param == "pytorch":
         monkeypatch.setitem(native._state, "lib", None)
+    elif not native.available():
+        pytest.skip("native kernels unavailable (no C compiler, or JDNET_NATIVE=0)")
     return request.param
 
 

@@ -38,6 +38,13 @@ def test_new_units_learn_through_their_zero_weights():
     assert big.derain_net.units[2].conv11[0].weight.grad.abs().max() > 0
 
 
+def test_deepened_model_keeps_dtype_and_impl():
+    small = create_model("jdnet-lite", units=1, scales=1).double().set_attention_impl("reference")
+    big = deepen(small, 2)
+    assert next(big.parameters()).dtype == torch.float64 and big.impl == "reference"
+    assert all(m.impl == "reference" for m in big.modules() if hasattr(m, "kernel_size") and hasattr(m, "impl"))
+
+
 def test_deepen_refuses_fewer_units():
     with pytest.raises(ValueError, match="cannot deepen"):
         deepen(create_model("jdnet-lite", units=3), 2)

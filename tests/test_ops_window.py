@@ -4,6 +4,7 @@ import torch
 
 from jdnet_plugin.ops import (Aggregation, Subtraction, Subtraction2, aggregation, aggregation_unfold, position,
                               shift_aggregate, subtraction, subtraction2)
+from jdnet_plugin.ops.window import shift_aggregate_backward
 
 
 def _reflect(t: int, n: int) -> int:
@@ -115,14 +116,38 @@ def test_position_map():
     torch.testing.assert_close(p[0, 1, :, 2], torch.linspace(-1, 1, 3))  # y along the height
 
 
-def test_shift_aggregate_is_a_custom_op_with_backward():
-    # Schema, fake (meta) implementation, autograd registration, checked by torch.library.opcheck;
-    # gradcheck of its backward in float64.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32: the native kernels where they build
+def test_shift_aggregate_is_a_custom_op_with_backward(dtype):
+    # Schema, fake (meta) implementation, autograd registration and AOT dispatch (torch.compile), checked by
+    # torch.library.opcheck; gradcheck of its backward in float64.
     g = torch.Generator().manual_seed(0)
-    xp = torch.randn(2, 2, 3, 9, 10, dtype=torch.float64, generator=g, requires_grad=True)
-    weight = torch.randn(2, 1, 3, 9, 7, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    xp = torch.randn(2, 2, 3, 9, 10, dtype=dtype, generator=g, requires_grad=True)
+    weight = torch.randn(2, 1, 3, 9, 7, 8, dtype=dtype, generator=g, requires_grad=True)
     torch.library.opcheck(shift_aggregate, (xp, weight, 3))
-    assert torch.autograd.gradcheck(lambda a, b: shift_aggregate(a, b, 3), (xp, weight))
+    torch.library.opcheck(shift_aggregate_backward, (xp.detach(), weight.detach(), torch.randn(2, 2, 3, 7, 8,
+                                                                                            dtype=dtype), 3))
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda a, b: shift_aggregate(a, b, 3), (xp, weight))
+
+
+def test_compiled_training_step_through_the_aggregation():
+    x = torch.randn(2, 4, 9, 11, requires_grad=True)
+    wt = torch.randn(2, 2, 9, 99).softmax(2).requires_grad_()
+    compiled = torch.compile(lambda a, b: aggregation(a, b, 3), backend="aot_eager")
+    out = compiled(x, wt)
+    grads = torch.autograd.grad(out.square().sum(), (x, wt))
+    ref = aggregation_unfold(x, wt, 3)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), (x, wt))):
+        torch.testing.assert_close(a, b)
+
+
+def test_no_second_derivative_through_the_aggregation():
+    x = torch.randn(1, 2, 5, 6, requires_grad=True)
+    wt = torch.randn(1, 1, 9, 30).softmax(2).requires_grad_()
+    (gx,) = torch.autograd.grad(aggregation(x, wt, 3).sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="shift_aggregate_backward"):
+        gx.sum().backward()
 
 
 def test_torch_export_sees_the_custom_op():

@@ -23,6 +23,7 @@ def deepen(model: JDNet, units: int) -> JDNet:
     if units < cfg.units:
         raise ValueError(f"deepen: the model has {cfg.units} units; cannot deepen it to {units}")
     grown = JDNet(replace(cfg, units=units))
+    grown.set_attention_impl(model.impl).inference_dtype = model.inference_dtype
     state = model.state_dict()
     grown_state = grown.state_dict()
     last = cfg.units - 1
@@ -31,8 +32,10 @@ def deepen(model: JDNet, units: int) -> JDNet:
         if key in state and state[key].shape == value.shape:
             grown_state[key] = state[key].clone()
             continue
-        parts = key.split(".")  # derain_net.units.<i>.* or derain_net.conv1x1.<i>.0.{weight,bias}
-        i = int(parts[2])
+        # The rest: derain_net.units.<i>.* or derain_net.conv1x1.<i>.0.{weight,bias} of a new unit i
+        parts = key.split(".")
+        if parts[:2] not in (["derain_net", "units"], ["derain_net", "conv1x1"]) or int(parts[2]) <= last:
+            raise ValueError(f"deepen: {key} of the deeper model has no counterpart in the model")
         if parts[1] == "units":
             grown_state[key] = state[".".join([*parts[:2], str(last), *parts[3:]])].clone()
         else:
@@ -42,6 +45,6 @@ def deepen(model: JDNet, units: int) -> JDNet:
                 grown_state[key][:, :(last + 2) * c] = source
             else:
                 grown_state[key] = source.clone()
-        assert i > last, key
     grown.load_state_dict(grown_state)
-    return grown.train(model.training)
+    first = next(model.parameters())
+    return grown.to(device=first.device, dtype=first.dtype).train(model.training)

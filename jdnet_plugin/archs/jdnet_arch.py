@@ -27,6 +27,7 @@ from ..utils.host_memory import empty_huge
 __all__ = ["JDNetConfig", "JDNet", "SAM", "SANBottleneck", "ResidualBlock", "SCConv",
            "SelfCalibratedBottleneck", "JointUnit", "DenseChain"]
 
+
 def _lrelu() -> nn.LeakyReLU:
     return nn.LeakyReLU(SLOPE, inplace=False)
 
@@ -150,8 +151,8 @@ class SANBottleneck(nn.Module):
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None = None,
                       band_pixels: int = BAND_PIXELS) -> torch.Tensor:
-        """``forward`` of ``x``, or of ``lrelu(x + in_bias)`` where ``in_bias`` is given, as one
-        ``jdnet::san_bottleneck`` (channels_last out)."""
+        """``forward`` of ``x``, or of ``lrelu(x + in_bias)`` where ``in_bias`` is given: in eval mode one
+        ``jdnet::san_bottleneck`` (channels_last out), with batch statistics the modules."""
         bn1, bn2 = bn_affine(self.bn1), bn_affine(self.bn2)
         if bn1 is None or bn2 is None:  # batch statistics
             return self(x if in_bias is None else lrelu_bias(x, in_bias))
@@ -175,6 +176,7 @@ class ResidualBlock(nn.Module):
         return c + self.res(c)
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward``, each convolution one oneDNN call with its LeakyReLU or residual add."""
         c = conv_post(self.convert[0], x, lrelu=True)
         return conv_post(self.res[2], conv_post(self.res[0], c, lrelu=True), add=c)
 
@@ -193,6 +195,7 @@ class SCConv(nn.Module):
         return self.k4(self.k3(y) * gate)
 
     def forward_fused(self, y: torch.Tensor) -> torch.Tensor:
+        """``forward``: the gate's upsampled sum without an interpolated copy, its product fused into ``k3``."""
         small = conv_post(self.k2[1], self.k2[0](y))
         h, w = y.shape[-2:]
         gate = add_gathered(y, small, nearest_index(small.shape[2], h, y.device),

@@ -40,6 +40,7 @@ _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) \
 
 
 def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``."""
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4
@@ -47,7 +48,7 @@ def autocast_on(device_type: str) -> bool:
 
 
 def conv2d_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0, stride: int = 1,
-            *, lrelu: bool = False, add: torch.Tensor | None = None, mul: torch.Tensor | None = None) -> torch.Tensor:
+                *, lrelu: bool = False, add: torch.Tensor | None = None, mul: torch.Tensor | None = None) -> torch.Tensor:
     """``conv2d(x)``, then ``+ add`` or ``* mul``, then LeakyReLU if asked. On CPU in fp32 one oneDNN call
     with the extra operations fused (one pass over the output instead of two or three); elsewhere the
     same in steps."""
@@ -159,7 +160,7 @@ def position_conv(conv: torch.nn.Conv2d, h: int, w: int) -> torch.Tensor:
     return pos[None]
 
 
-def nearest_index(n_in: int, n_out: int, device) -> torch.Tensor:
+def nearest_index(n_in: int, n_out: int, device: torch.device | str) -> torch.Tensor:
     """The source rows ``F.interpolate(mode="nearest")`` reads, computed by that same function."""
     src = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in, 1)
     return F.interpolate(src, size=(n_out, 1)).view(n_out).long()
@@ -179,7 +180,7 @@ def gather_hw(x: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tens
 
 
 def add_gathered(x: torch.Tensor, src: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """``x + src[:, :, iy][:, :, :, ix]`` (channels_last), into ``out`` (``x`` itself for in place). Where the
     indices repeat each source pixel ``f`` times (``arange // f``: nearest upsampling by an integer factor),
     a broadcast add, no gather."""
@@ -202,8 +203,6 @@ def lrelu_bias(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``lrelu(x + bias)`` of a ``(B, C, H, W)`` view of a channels-last matrix's columns, channels_last."""
     y = torch.add(x, bias.view(-1, 1, 1), out=torch.empty_like(x, memory_format=torch.channels_last))
     return F.leaky_relu_(y, SLOPE)
-
-
 
 
 @torch.library.custom_op(

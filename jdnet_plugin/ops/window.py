@@ -24,6 +24,7 @@ __all__ = [
     "aggregation",
     "aggregation_unfold",
     "shift_aggregate",
+    "shift_aggregate_backward",
     "Subtraction",
     "Subtraction2",
     "Aggregation",
@@ -73,12 +74,13 @@ def subtraction2(x1: torch.Tensor, x2: torch.Tensor, kernel_size: int) -> torch.
 
 @torch.library.custom_op("jdnet::shift_aggregate", mutates_args=())
 def shift_aggregate(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """``out = sum_q xp[window q] * weight[q]`` over a padded input (the core of :func:`aggregation`; a
-    ``torch.library`` operator with its backward, so ``torch.compile`` and ``torch.export`` see one op). On CPU
-    in float32 the native kernels (:mod:`.native`) compute it and its gradients; elsewhere PyTorch, one offset
-    at a time.
+    """``out = sum_q xp[window q] * weight[q]`` over a padded input, the core of :func:`aggregation`.
 
     ``xp``: ``(B, G, S, H + 2p, W + 2p)``; ``weight``: ``(B, 1, S, K, H, W)``; returns ``(B, G, S, H, W)``.
+    A ``torch.library`` operator with a fake implementation and a backward (``jdnet::shift_aggregate_backward``,
+    itself not differentiable: no second derivatives), so ``torch.compile`` and ``torch.export`` see one
+    operation. On CPU in float32 the native kernels (:mod:`.native`) compute both; elsewhere PyTorch, one offset
+    at a time.
     """
     out = native.shift_aggregate(xp, weight, kernel_size)
     if out is not None:
@@ -96,34 +98,43 @@ def _shift_aggregate_fake(xp: torch.Tensor, weight: torch.Tensor, kernel_size: i
     return xp.new_empty(xp.shape[:3] + weight.shape[-2:], dtype=torch.result_type(xp, weight))
 
 
+@torch.library.custom_op("jdnet::shift_aggregate_backward", mutates_args=())
+def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
+                             kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`shift_aggregate` with respect to ``xp`` and ``weight``."""
+    grads = native.shift_aggregate_backward(xp, weight, grad_out, kernel_size)
+    if grads is not None:
+        return grads
+    # Autograd through the forward's k*k slices would allocate a zero-filled copy of ``xp`` per slice; this
+    # accumulates into one gradient buffer instead.
+    h, w = weight.shape[-2:]
+    grad_xp, grad_w = torch.zeros_like(xp), torch.empty_like(weight)
+    for q in range(kernel_size * kernel_size):
+        i, j = divmod(q, kernel_size)
+        window = (..., slice(i, i + h), slice(j, j + w))
+        grad_xp[window].addcmul_(grad_out, weight[:, :, :, q])
+        grad_w[:, 0, :, q] = (grad_out * xp[window]).sum(1)
+    return grad_xp, grad_w
+
+
+@shift_aggregate_backward.register_fake
+def _shift_aggregate_backward_fake(xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
+                                   kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(xp), torch.empty_like(weight)
+
+
 def _shift_aggregate_setup(ctx, inputs, output) -> None:
     xp, weight, kernel_size = inputs
     ctx.save_for_backward(xp, weight)
     ctx.kernel_size = kernel_size
 
 
-def _shift_aggregate_backward(ctx, grad_out: torch.Tensor):
-    # Autograd through 49 slices would allocate a zero-filled copy of ``xp`` per slice; this accumulates
-    # into one gradient buffer instead.
+def _shift_aggregate_grad(ctx, grad_out: torch.Tensor):
     xp, weight = ctx.saved_tensors
-    k = ctx.kernel_size
-    grads = native.shift_aggregate_backward(xp, weight, grad_out, k, *ctx.needs_input_grad[:2])
-    if grads is not None:
-        return *grads, None
-    h, w = weight.shape[-2:]
-    grad_xp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
-    grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-    for q in range(k * k):
-        i, j = divmod(q, k)
-        window = (..., slice(i, i + h), slice(j, j + w))
-        if grad_xp is not None:
-            grad_xp[window].addcmul_(grad_out, weight[:, :, :, q])
-        if grad_w is not None:
-            grad_w[:, 0, :, q] = (grad_out * xp[window]).sum(1)
-    return grad_xp, grad_w, None
+    return *shift_aggregate_backward(xp, weight, grad_out, ctx.kernel_size), None
 
 
-shift_aggregate.register_autograd(_shift_aggregate_backward, setup_context=_shift_aggregate_setup)
+shift_aggregate.register_autograd(_shift_aggregate_grad, setup_context=_shift_aggregate_setup)
 
 
 def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """Optional native CPU kernels, compiled on first use with the system's C compiler.
 
 SAN's authors compiled their attention kernels at run time (CuPy); StyleGAN's custom ops do the same
-with a fallback. Here the kernels (``san.c``: the SAN bottleneck with its attention, and a 1x1
-convolution with what follows it) are plain C (no Python or PyTorch headers, about a second to build),
-cached under ``$JDNET_CACHE_DIR`` (default ``~/.cache/jdnet_plugin``), called through ``ctypes``. They
-split the image's rows over PyTorch's own OpenMP threads where the compiler has OpenMP (the SAN kernel
-otherwise over a small thread pool here). Where no compiler is found, the build fails, or
-``JDNET_NATIVE=0``, :func:`san_bottleneck` and :func:`pointwise` return False and callers use PyTorch.
+with a fallback. Here the kernels (``san.c``: the SAN bottleneck with its attention, a 1x1 convolution
+with what follows it, and the attention's aggregation with its backward) are plain C (no Python or
+PyTorch headers, about a second to build), cached under ``$JDNET_CACHE_DIR`` (default
+``~/.cache/jdnet_plugin``), called through ``ctypes`` behind a checked interface (:data:`ABI_VERSION`).
+They split their work over PyTorch's own OpenMP threads where the compiler has OpenMP (the SAN kernel
+otherwise over a small thread pool here; the others then leave the work to PyTorch). Where no compiler
+is found, the build fails, or ``JDNET_NATIVE=0``, :func:`san_bottleneck` and :func:`pointwise` return
+False, :func:`shift_aggregate` and :func:`shift_aggregate_backward` None, and callers use PyTorch.
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ def _build() -> ctypes.CDLL | None:
         error = None if target.exists() else _compile(compiler, flags, target)
         if error is None:
             lib = ctypes.CDLL(str(target))
+            _check_abi(lib, target)
             ptr, i32 = ctypes.c_void_p, ctypes.c_int
             lib.jdnet_san.argtypes = [ptr, ctypes.c_int64] + [ptr] * 12 + [i32] * 7 + [ctypes.c_float] + [i32] * 4
             lib.jdnet_pointwise.argtypes = [i32, i32, ctypes.POINTER(_PointwiseArgs), i32]
@@ -99,7 +102,6 @@ def _build() -> ctypes.CDLL | None:
             for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp, lib.jdnet_abi_version,
                        lib.jdnet_pw_args_size, lib.jdnet_shift_aggregate, lib.jdnet_shift_aggregate_backward):
                 fn.restype = i32
-            _check_abi(lib, target)
             return lib
         errors.append(error)
     log.warning("jdnet_plugin: building the native kernels failed; the attention runs in PyTorch "
@@ -115,6 +117,7 @@ ABI_VERSION = 3
 def _check_abi(lib: ctypes.CDLL, path: Path) -> None:
     """Refuse a library whose interface is not the one the ``argtypes`` above describe."""
     try:
+        lib.jdnet_abi_version.restype = lib.jdnet_pw_args_size.restype = ctypes.c_int
         version, size = lib.jdnet_abi_version(), lib.jdnet_pw_args_size()
     except AttributeError as exc:
         raise OSError(f"{path} has no interface version (an older build?)") from exc
@@ -130,7 +133,7 @@ def _library() -> ctypes.CDLL | None:
             if os.environ.get("JDNET_NATIVE", "1") != "0":
                 try:
                     lib = _build()
-                except OSError as exc:  # a cached file that does not load
+                except (OSError, AttributeError) as exc:  # a cached file that does not load or lacks a symbol
                     log.warning("jdnet_plugin: native kernels unusable (%s); using PyTorch", exc)
             _state["lib"] = lib
         return _state["lib"]
@@ -342,32 +345,38 @@ def _aggregate_shapes(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) 
     return b, g, s, h, w
 
 
+def _aggregate_library(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernels for the aggregation of these tensors: CPU float32 only, and only where they run on all of
+    PyTorch's threads (OpenMP) or PyTorch has one (else PyTorch's own parallel kernels win)."""
+    if not _cpu_fp32(*tensors):
+        return None
+    lib = _library()
+    return lib if lib is not None and (lib.jdnet_openmp() or torch.get_num_threads() == 1) else None
+
+
 def shift_aggregate(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor | None:
     """``jdnet::shift_aggregate`` (:func:`jdnet_plugin.ops.window.shift_aggregate`) by the native kernel, or None
     where the kernels are not available or the tensors do not suit them."""
-    lib = _library()
+    lib = _aggregate_library(xp, weight)
     dims = _aggregate_shapes(xp, weight, kernel_size) if lib is not None else None
     if dims is None:
         return None
-    out = torch.empty(dims[:3] + dims[3:], dtype=torch.float32)
+    out = xp.new_empty(dims)
     lib.jdnet_shift_aggregate(xp.data_ptr(), weight.data_ptr(), out.data_ptr(), *dims, kernel_size,
                               max(1, torch.get_num_threads()))
     return out
 
 
-def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
-                             need_xp: bool, need_weight: bool) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
-    """Gradients of :func:`shift_aggregate` with respect to ``xp`` and ``weight`` (None where not needed), or None
-    where the native kernels do not run."""
-    lib = _library()
+def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor,
+                             kernel_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Gradients of :func:`shift_aggregate` with respect to ``xp`` and ``weight``, or None where the native
+    kernels do not run."""
+    lib = _aggregate_library(xp, weight, grad_out)
     dims = _aggregate_shapes(xp, weight, kernel_size) if lib is not None else None
-    if dims is None or not _cpu_fp32(grad_out):
+    if dims is None:
         return None
     grad_out = grad_out.contiguous()
-    grad_xp = torch.empty_like(xp) if need_xp else None
-    grad_w = torch.empty_like(weight) if need_weight else None
-    lib.jdnet_shift_aggregate_backward(xp.data_ptr(), weight.data_ptr(), grad_out.data_ptr(),
-                                       grad_xp.data_ptr() if need_xp else None,
-                                       grad_w.data_ptr() if need_weight else None, *dims, kernel_size,
-                                       max(1, torch.get_num_threads()))
+    grad_xp, grad_w = torch.empty_like(xp), torch.empty_like(weight)
+    lib.jdnet_shift_aggregate_backward(xp.data_ptr(), weight.data_ptr(), grad_out.data_ptr(), grad_xp.data_ptr(),
+                                       grad_w.data_ptr(), *dims, kernel_size, max(1, torch.get_num_threads()))
     return grad_xp, grad_w
