@@ -5,7 +5,7 @@
 # that (configs/stage3-broad.yaml, the control of configs/train_stage3_comparison.sh) and is shipped as
 # jdnet-lite.broadrain-s3, the default; stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
 # jdnet-lite.broadrain-s4; stage 5 deepens stage 3 to jdnet-lite-deep (configs/stage5-deep.yaml), an experiment
-# that lost on held-out rain: its weights stay in runs/stage5-deep/ship.pt, not shipped.
+# that lost on held-out rain, run only with STAGE5=1: its weights stay in runs/stage5-deep/ship.pt, not shipped.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -30,5 +30,6 @@ SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
 stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights (the default)" "$@"
 SHIP4=${SHIP4:-jdnet_plugin/weights/jdnet-lite-broadrain-s4.pt}
 stage configs/stage4-broad.yaml "$SHIP3" runs/stage4-broad "$SHIP4" "stage-4 weights" "$@"
-SHIP5=${SHIP5:-runs/stage5-deep/ship.pt}
-stage configs/stage5-deep.yaml "$SHIP3" runs/stage5-deep "$SHIP5" "stage-5 weights (jdnet-lite-deep)" "$@"
+if [ "${STAGE5:-0}" = 1 ]; then
+  stage configs/stage5-deep.yaml "$SHIP3" runs/stage5-deep runs/stage5-deep/ship.pt "stage-5 weights (jdnet-lite-deep)" "$@"
+fi
