@@ -403,3 +403,12 @@ def test_train_config_is_typed_built_once_and_matches_the_defaults_file(data, tm
     trainer.setup()
     assert trainer.cfg.steps >= 1 and trainer.cfg.data == [str(data.resolve())]
     assert trainer.cfg.val == str(data.resolve()) and cfg.steps == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_training_config_is_valid(path):
+    # The recipes of the shipped weights and of the experiments: each must load and validate as it is.
+    from jdnet_plugin import list_models
+    cfg = load_config(path)
+    assert cfg.steps is None or cfg.steps > 0
+    assert cfg.preset in list_models()
