@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _results  # noqa: E402
 import flop_limit  # noqa: E402
+import rain_layer_stats  # noqa: E402
 
 
 def test_network_flops_match_the_paper_model():
@@ -29,3 +30,15 @@ def test_machine_info_names_the_cpu_and_its_vector_unit():
         assert info["cpu"] in cpuinfo.read_text()
     assert info["cpu"] and info["simd"] and info["cpu_count"] >= 1
     assert _results.machine_text(info) == f"{info['cpu']} ({info['simd']}), {info['cpu_count']} CPUs"
+
+
+def test_rain_layer_stats_tell_one_orientation_from_several():
+    import numpy as np
+    one = np.zeros((64, 64), np.float32)
+    one[:, ::8] = 0.5  # vertical streaks on an eighth of the columns
+    mean, coverage, coherence, darkened = rain_layer_stats.layer_stats(one)
+    assert coverage == pytest.approx(1 / 8) and mean == pytest.approx(0.5 / 8) and darkened == 0
+    assert coherence > 0.95
+    crossed = np.maximum(one, one.T)
+    assert rain_layer_stats.layer_stats(crossed)[2] < 0.1
+    assert rain_layer_stats.layer_stats(-one)[3] == pytest.approx(1 / 8)
