@@ -36,15 +36,12 @@ def deepen(model: JDNet, units: int) -> JDNet:
         parts = key.split(".")
         if parts[:2] not in (["derain_net", "units"], ["derain_net", "conv1x1"]) or int(parts[2]) <= last:
             raise ValueError(f"deepen: {key} of the deeper model has no counterpart in the model")
-        if parts[1] == "units":
-            grown_state[key] = state[".".join([*parts[:2], str(last), *parts[3:]])].clone()
+        source = state[".".join([*parts[:2], str(last), *parts[3:]])]  # the same tensor of the last unit
+        if parts[1] == "conv1x1" and parts[-1] == "weight":  # (c, (i + 2) c, 1, 1): its columns, zeros after them
+            grown_state[key] = torch.zeros_like(value)
+            grown_state[key][:, :(last + 2) * c] = source
         else:
-            source = state[".".join([*parts[:2], str(last), *parts[3:]])]
-            if parts[-1] == "weight":  # (c, (i + 2) c, 1, 1): the last fusion's columns, zeros after them
-                grown_state[key] = torch.zeros_like(value)
-                grown_state[key][:, :(last + 2) * c] = source
-            else:
-                grown_state[key] = source.clone()
+            grown_state[key] = source.clone()
     grown.load_state_dict(grown_state)
     first = next(model.parameters())
     return grown.to(device=first.device, dtype=first.dtype).train(model.training)

@@ -4,7 +4,7 @@ less memory traffic (the CPU runs these layers memory-bound).
 
 - Features live in ``channels_last``. On CPU (fp32) each convolution is one oneDNN call with what follows
   it fused (:func:`conv2d_post`): bias, LeakyReLU, a residual add or a gate's product; eval-mode
-  BatchNorm is one multiply-add (:func:`bn_lrelu`).
+  BatchNorm is one multiply-add (:func:`bn_affine`, :func:`affine_lrelu`).
 - Nearest upsampling commutes with 1x1 convolutions; partial sums are gathered up the pyramid through
   composed index maps (:func:`nearest_index`, :func:`compose_nearest`, :func:`add_gathered`).
 - The attention without its native kernel runs on bands of rows whose ``k*k``-neighbour tensors stay in
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import native
 from .window import _check_size
 
-__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "bn_affine", "bn_lrelu",
+__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "bn_affine",
            "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "compose_nearest",
            "add_gathered", "autocast_on", "affine_lrelu", "san_bottleneck", "FUSION_COLUMNS"]
 
@@ -96,13 +96,6 @@ def affine_lrelu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     """``lrelu(x * scale + shift)`` with per-channel ``scale`` and ``shift``, as one multiply-add."""
     view = (-1, 1, 1)
     return F.leaky_relu_(torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view)), SLOPE)
-
-
-def bn_lrelu(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``lrelu(bn(x))``; in eval mode as one per-channel multiply-add (the module's kernel is several times
-    slower on channels_last)."""
-    affine = bn_affine(bn)
-    return F.leaky_relu_(bn(x), SLOPE) if affine is None else affine_lrelu(x, *affine)
 
 
 def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, pos: torch.Tensor,

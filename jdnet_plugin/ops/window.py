@@ -83,11 +83,15 @@ def shift_aggregate(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) ->
     at a time.
     """
     out = native.shift_aggregate(xp, weight, kernel_size)
-    if out is not None:
-        return out
+    return out if out is not None else _shift_aggregate_torch(xp, weight, kernel_size)
+
+
+def _shift_aggregate_torch(xp: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`shift_aggregate` in plain tensor operations, one offset at a time (what the TorchScript tracer and
+    the ONNX exporter record: they know no jdnet:: operators)."""
     h, w = weight.shape[-2:]
-    out = torch.zeros(xp.shape[:3] + (h, w), dtype=torch.result_type(xp, weight), device=xp.device)
-    for q in range(kernel_size * kernel_size):
+    out = xp[..., :h, :w] * weight[:, :, :, 0]
+    for q in range(1, kernel_size * kernel_size):
         i, j = divmod(q, kernel_size)
         out.addcmul_(xp[..., i : i + h, j : j + w], weight[:, :, :, q])
     return out
@@ -157,18 +161,9 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
         )
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
     weight = weight.reshape(b, 1, s, k2, h, w)
-    if _tracing():
-        # Plain tensor operations, which the TorchScript tracer and the ONNX exporter record (they know no
-        # jdnet:: operators).
-        out = sum(xp[..., i:i + h, j:j + w] * weight[:, :, :, i * kernel_size + j]
-                  for i in range(kernel_size) for j in range(kernel_size))
-    else:
-        out = shift_aggregate(xp, weight, kernel_size)
+    tracing = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    out = (_shift_aggregate_torch if tracing else shift_aggregate)(xp, weight, kernel_size)
     return out.reshape(b, c, h, w)
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 def aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:

@@ -240,7 +240,7 @@ class Trainer:
         """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
         init = load_model(source)
         want = self.model.config
-        if init.config != want and init.config.units < want.units and replace(init.config, units=want.units) == want:
+        if init.config.units < want.units and replace(init.config, units=want.units) == want:
             print(f"init weights {source} have {init.config.units} units; deepened to {want.units} computing the "
                   "same image (archs.grow.deepen)", file=sys.stderr)
             init = deepen(init, want.units)
