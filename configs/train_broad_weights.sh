@@ -5,7 +5,8 @@
 # that (configs/stage3-broad.yaml, the control of configs/train_stage3_comparison.sh) and is shipped as
 # jdnet-lite.broadrain-s3, the default; stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
 # jdnet-lite.broadrain-s4; stage 5 deepens stage 3 to jdnet-lite-deep (configs/stage5-deep.yaml), an experiment
-# that lost on held-out rain, run only with STAGE5=1: its weights stay in runs/stage5-deep/ship.pt, not shipped.
+# that lost on held-out rain, run only with STAGE5=1: its weights stay in runs/stage5-deep/ship.pt, not shipped;
+# stage 6 fine-tunes stage 3 like stage 4 on `broad-balanced` rain (configs/stage6-balanced.yaml), run with STAGE6=1.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -32,4 +33,8 @@ SHIP4=${SHIP4:-jdnet_plugin/weights/jdnet-lite-broadrain-s4.pt}
 stage configs/stage4-broad.yaml "$SHIP3" runs/stage4-broad "$SHIP4" "stage-4 weights" "$@"
 if [ "${STAGE5:-0}" = 1 ]; then
   stage configs/stage5-deep.yaml "$SHIP3" runs/stage5-deep runs/stage5-deep/ship.pt "stage-5 weights (jdnet-lite-deep)" "$@"
+fi
+if [ "${STAGE6:-0}" = 1 ]; then
+  stage configs/stage6-balanced.yaml "$SHIP3" runs/stage6-balanced runs/stage6-balanced/ship.pt \
+    "stage-6 weights (broad-balanced rain)" "$@"
 fi

@@ -30,7 +30,7 @@ def test_presets_present_and_valid():
             "storm"} <= set(PRESETS)
     assert all(isinstance(p, (RainParams, Mixture)) for p in PRESETS.values())
     sources = {n for n in list_rain_presets() if not isinstance(PRESETS[n], Mixture)}
-    for name in ("broad", "broad-fine"):  # the training mixtures draw from every source
+    for name in ("broad", "broad-fine", "broad-balanced"):  # the training mixtures draw from every source
         assert set(PRESETS[name].choices) == sources
     assert PRESETS["heavy"].haze is not None and len(PRESETS["heavy"].layers) >= 2
 

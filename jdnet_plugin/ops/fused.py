@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .window import _check_size
+from .window import window_padding
 
 __all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "bn_affine",
            "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "compose_nearest",
@@ -108,7 +108,7 @@ def sam_attention_banded(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, p
     ``conv_w``'s two 1x1 convolutions (its bias is constant over the window: the softmax cancels it).
     Returns ``(B, M, H, W)``.
     """
-    pad = _check_size(x1, kernel_size)
+    pad = window_padding(x1, kernel_size)
     b, r, h, w = x1.shape
     m = x3.shape[1]
     s = weight.shape[0]
@@ -215,7 +215,7 @@ def san_bottleneck(x: torch.Tensor, in_bias: torch.Tensor | None, bn1_scale: tor
     ``proj_weight``: ``conv1, conv2, conv3`` stacked ``(2R + M, C)``; ``pos``: ``(1, 2, H, W)`` after
     ``conv_p``; ``att_weight``: ``conv_w`` folded ``(S, R + 2)``; ``out_weight``: ``(C, M)``.
     """
-    _check_size(x, kernel_size)
+    window_padding(x, kernel_size)
     if x.device.type == "cpu" and x.dtype == torch.float32 and not autocast_on("cpu"):
         out = torch.empty_like(x, memory_format=torch.channels_last)
         if native.san_bottleneck(nhwc(x), in_bias, (bn1_scale, bn1_shift), (proj_weight.contiguous(), proj_bias),

@@ -17,6 +17,7 @@ from torch import nn
 from . import native
 
 __all__ = [
+    "window_padding",
     "position",
     "unfold_reflect",
     "subtraction",
@@ -31,7 +32,9 @@ __all__ = [
 ]
 
 
-def _check_size(x: torch.Tensor, kernel_size: int) -> int:
+def window_padding(x: torch.Tensor, kernel_size: int) -> int:
+    """The reflection padding of a ``kernel_size`` window over ``x`` (its last two dims); a clear error if the
+    kernel is even or the image too small."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
     pad = kernel_size // 2
@@ -53,7 +56,7 @@ def position(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
 
 def unfold_reflect(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """All ``K`` reflected neighbours of every pixel: ``(B, C, H, W) -> (B, C, K, H*W)``."""
-    pad = _check_size(x, kernel_size)
+    pad = window_padding(x, kernel_size)
     b, c, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     return F.unfold(xp, kernel_size).view(b, c, kernel_size * kernel_size, h * w)
@@ -150,7 +153,7 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
     The neighbours are visited one offset at a time (shift and accumulate), so no
     ``(B, C, K, H*W)`` copy of ``x`` is made, forward or backward.
     """
-    pad = _check_size(x, kernel_size)
+    pad = window_padding(x, kernel_size)
     b, c, h, w = x.shape
     s = weight.shape[1]
     k2 = kernel_size * kernel_size
