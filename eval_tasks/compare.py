@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jdnet_plugin.eval_tasks.bootstrap import paired_difference
 from jdnet_plugin.eval_tasks.common import (
     EvalError, cli_entry, derain_fn, load_derainer, markdown_table, pick_device, write_report)
 from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
@@ -77,17 +78,37 @@ def read_reports(specs: Sequence[str]) -> dict[str, dict]:
     return reports
 
 
+def _paired(reports: dict[str, dict], section: str) -> dict[str, Any]:
+    """Each report's recovered fraction in ``section`` minus the first report's: the paired bootstrap interval
+    (:func:`jdnet_plugin.eval_tasks.bootstrap.paired_difference`), where both reports hold the draws."""
+    names = list(reports)
+    first = reports[names[0]].get(section, {})
+    out = {}
+    for n in names[1:]:
+        other = reports[n].get(section, {})
+        metric = other.get("headline_metric")
+        if "bootstrap" in first and "bootstrap" in other and metric:
+            out[n] = paired_difference(first["bootstrap"], other["bootstrap"], metric)
+            if out[n] is not None:
+                out[n]["difference"] = other["recovered_fraction"] - first["recovered_fraction"]
+    return out
+
+
 def comparison(reports: dict[str, dict]) -> dict[str, Any]:
-    """Rows of :data:`ROWS`: ``{group, label, input, values {name: value}}``."""
+    """Rows of :data:`ROWS`: ``{group, label, input, values {name: value}, ci {name: [lo, hi]}}``, and the paired
+    differences of the recovered fractions from the first report."""
     rows = []
     for group, label, path, digits in ROWS:
         in_path = next((INPUT[k] + path[len(k):] for k in INPUT if tuple(path[:len(k)]) == k), None)
         inputs = {_get(r, in_path) for r in reports.values()} if in_path else set()
+        ci = {n: r.get(path[0], {}).get("recovered_fraction_ci95") for n, r in reports.items()} \
+            if path[-1] == "recovered_fraction" else {}
         rows.append({"group": group, "label": label, "digits": digits,
                      "input": inputs.pop() if len(inputs) == 1 else None,
-                     "values": {n: _get(r, path) for n, r in reports.items()}})
+                     "values": {n: _get(r, path) for n, r in reports.items()}, "ci": ci})
     return {"reports": {n: {"weights": r["weights"], "weights_sha256": r["weights_sha256"], "quick": r["quick"]}
-                        for n, r in reports.items()}, "rows": rows}
+                        for n, r in reports.items()}, "rows": rows,
+            "paired": {s: _paired(reports, s) for s in ("detection", "segmentation")}}
 
 
 def render_markdown(c: dict[str, Any]) -> str:
@@ -96,11 +117,23 @@ def render_markdown(c: dict[str, Any]) -> str:
     def f(v: float | None, d: int) -> str:
         return "-" if v is None else f"{v:.{d}f}"
 
-    table = [[r["group"], r["label"], f(r["input"], r["digits"]), *(f(r["values"][n], r["digits"]) for n in names)]
-             for r in c["rows"]]
+    def cell(r: dict, n: str) -> str:
+        ci = r.get("ci", {}).get(n)
+        return f(r["values"][n], r["digits"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    table = [[r["group"], r["label"], f(r["input"], r["digits"]), *(cell(r, n) for n in names)] for r in c["rows"]]
     md = ["# Generalisation reports compared", "", markdown_table(["rain", "figure", "no deraining", *names], table),
           "", "input column: the rainy input (restoration) or the rainy copy / clean copy (downstream); "
-          "recovered fraction = (derained - rainy) / (clean - rainy).", ""]
+          "recovered fraction = (derained - rainy) / (clean - rainy), [95 % bootstrap interval over images].", ""]
+    for section, diffs in c.get("paired", {}).items():
+        for n, d in diffs.items():
+            if d and d["ci95"]:
+                md.append(f"- {section}, recovered fraction, `{n}` minus `{names[0]}`: {d['difference']:+.3f} "
+                          f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (paired bootstrap over the same images; "
+                          f"`{n}` higher in {100 * d['p_b_better']:.0f} % of draws)")
+            elif n in diffs:
+                md.append(f"- {section}: `{n}` and `{names[0]}` were not measured on the same images; no paired interval")
+    md.append("")
     md += [f"- `{n}`: weights `{r['weights']}` (sha256 {r['weights_sha256'][:12]})" + (" QUICK" if r["quick"] else "")
            for n, r in c["reports"].items()]
     return "\n".join(md)

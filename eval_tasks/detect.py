@@ -37,9 +37,10 @@ from jdnet_plugin.eval_tasks.common import (
     EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, image_rain_score, load_derainer, map_image_tree, pick_device, rain_fn,
     rain_id, rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
+from jdnet_plugin.eval_tasks.bootstrap import bootstrap_section, detection_replicates, resample_counts
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
-from jdnet_plugin.utils.atomic import atomic_write_text
+from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["YoloDataset", "read_yolo_dataset", "limit_dataset", "build_detection_copies", "val_metrics",
            "detect_dataset", "evaluate_dataset",
@@ -209,14 +210,50 @@ def _load_detector(path: str):
     return load_yolo(path, task="detect")
 
 
+class PerImageMatches:
+    """An ``on_val_batch_end`` callback keeping what Ultralytics' validator matched on each image (its
+    ``DetMetrics.stats`` rows, which it clears when it scores the set), by image name."""
+
+    KEYS = ("tp", "conf", "pred_cls", "target_cls")
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.names: list[str] = []
+
+    def __call__(self, validator) -> None:
+        stats = validator.metrics.stats
+        for i in range(len(self.rows), len(stats["tp"])):
+            self.rows.append({k: np.asarray(stats[k][i]) for k in self.KEYS})
+        self.names = list(getattr(validator.metrics.box, "image_metrics", {}))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The rows sorted by image name, concatenated, with ``pred_image`` / ``target_image`` indices."""
+        names = self.names if len(self.names) == len(self.rows) else [f"{i:06d}" for i in range(len(self.rows))]
+        order = sorted(range(len(self.rows)), key=names.__getitem__)
+        rows = [self.rows[i] for i in order]
+        out = {k: np.concatenate([r[k] for r in rows]) if rows else np.zeros(0) for k in self.KEYS}
+        out["tp"] = (out["tp"] if out["tp"].ndim == 2 else out["tp"].reshape(0, 0)).astype(bool)
+        for what, key in (("pred_image", "conf"), ("target_image", "target_cls")):
+            out[what] = np.repeat(np.arange(len(rows)), [len(r[key]) for r in rows])
+        out["names"] = np.array([names[i] for i in order])
+        return out
+
+
 def val_metrics(yolo, data_yaml: Path, names: dict[int, str], project: Path, name: str, imgsz: int, batch: int,
-                device: str | None, workers: int = 0) -> dict[str, Any]:
-    """``YOLO.val`` on one copy: ``{"map50", "map50_95", "per_class": {name: {"map50", "map50_95"}}}``."""
+                device: str | None, workers: int = 0, matches: PerImageMatches | None = None) -> dict[str, Any]:
+    """``YOLO.val`` on one copy: ``{"map50", "map50_95", "per_class": {name: {"map50", "map50_95"}}}``;
+    ``matches`` collects the per-image matches."""
     kwargs = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, project=str(project.absolute()), name=name,
                   exist_ok=True, plots=False, verbose=False, workers=workers, save_json=False)
     if device:
         kwargs["device"] = device
-    m = yolo.val(**kwargs)
+    if matches is not None:
+        yolo.add_callback("on_val_batch_end", matches)
+    try:
+        m = yolo.val(**kwargs)
+    finally:
+        if matches is not None:
+            yolo.callbacks["on_val_batch_end"].remove(matches)
     box = m.box
     per_class = {}
     for j, c in enumerate(np.asarray(box.ap_class_index).tolist()):
@@ -269,34 +306,46 @@ class InputDeraining:
 
 def _val_copies(yolo, copies: dict[str, tuple[Path, bool]], ds: YoloDataset, cache: Path, out: Path, model: str,
                 imgsz: int, batch: int, device: str | None, workers: int,
-                hooked: dict[str, InputDeraining] | None = None) -> dict[str, dict[str, Any]]:
-    """``{copy: val_metrics}``, each cached in ``cache`` by (copy folder, model, imgsz, batch, device, and for
-    the copies in ``hooked`` the deraining at the network input; their results hold the gate's counts)."""
+                hooked: dict[str, InputDeraining] | None = None
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
+    """``({copy: val_metrics}, {copy: per-image matches})``, each cached in ``cache`` by (copy folder, model,
+    imgsz, batch, device, and for the copies in ``hooked`` the deraining at the network input; their results
+    hold the gate's counts)."""
     from jdnet_plugin.integrations import attach_derain, detach_derain
     from jdnet_plugin.integrations.ultralytics_hook import derain_gate_stats
 
     model_id = sha256_file(model) if Path(model).is_file() else str(model)
-    results = {}
+    results, per_image = {}, {}
     for copy, (folder, _) in copies.items():
         hook = (hooked or {}).get(copy)
         key = {"copy": folder.name, "model": model_id, "imgsz": imgsz, "batch": batch, "device": str(device),
                **({"derain": hook.key()} if hook else {})}
         mfile = cache / f"metrics-{copy}-{digest(key, 12)}.json"
-        if mfile.is_file():
+        pfile = mfile.with_suffix(".npz")
+        if mfile.is_file() and pfile.is_file():  # older versions kept no per-image matches: measured again
             results[copy] = json.loads(mfile.read_text())
+            with np.load(pfile) as z:
+                per_image[copy] = dict(z)
             continue
         if hook:
             attach_derain(yolo, model=hook.derainer, tile=hook.tile, gate=hook.gate, at="input")
+        matches = PerImageMatches()
         try:
             results[copy] = val_metrics(yolo, folder / "data.yaml", ds.names, out / "val", copy, imgsz, batch,
-                                        device, workers)
+                                        device, workers, matches)
             if hook and hook.gate is not None:
                 stats = derain_gate_stats(yolo)
                 results[copy]["gate"] = {"threshold": hook.gate, "derained": stats.derained, "passed": stats.passed}
         finally:
             detach_derain(yolo)
+        per_image[copy] = matches.arrays()
+        if len(per_image[copy]["names"]) != len(ds.images):
+            raise EvalError(f"{folder}: the validator matched {len(per_image[copy]['names'])} images, the dataset "
+                            f"lists {len(ds.images)}")
+        with atomic_path(pfile) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **per_image[copy])
         atomic_write_text(mfile, json.dumps(results[copy]))
-    return results
+    return results, per_image
 
 
 def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLike, rain: str, out: Path, *,
@@ -331,12 +380,16 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
             for name, base in [("derained", "rainy")] + ([("clean_derained", "clean")] if derain_clean else []):
                 copies[name + suffix] = copies[base]
                 hooked[name + suffix] = InputDeraining(derainer, wsha, tile, g)
-    results = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers, hooked)
+    results, per_image = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers, hooked)
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
+    counts = resample_counts(len(ds.images))
+    boot = bootstrap_section([Path(f).name for f in ds.images],
+                             {c: detection_replicates(v, counts) for c, v in per_image.items()}, METRICS)
     report = {
         **{c: {m: results[c][m] for m in METRICS} for c in results},
         "recovered_fraction": fraction,
         **gate_report(results, copies, METRICS),
+        "bootstrap": boot,
         "notes": notes,
         "per_class": {c: results[c]["per_class"] for c in results},
         "config": {"mode": "dataset", "data": str(Path(data).resolve()), "model": model,

@@ -154,8 +154,13 @@ def restoration_section(paths: SharedPaths, weights: str, cache: Path, limits: L
 # ----------------------------------------------------------------------------------------------- downstream tasks
 def _downstream_summary(rep: dict, metrics: Sequence[str], headline: str, rel_report: str) -> dict[str, Any]:
     copies = ("clean", "rainy", "derained", "clean_derained")
+    boot = rep["bootstrap"]
     return {**{c: {m: rep[c].get(m) for m in metrics} for c in copies if c in rep},
             "recovered_fraction": rep["recovered_fraction"][headline],
+            "recovered_fraction_ci95": boot["recovered_fraction"].get(headline, {}).get("ci95"),
+            "clean_cost_ci95": boot["intervals"].get(headline, {}).get("clean_cost"),
+            "bootstrap": {**{k: boot[k] for k in ("replicates", "seed", "images", "level")},
+                          "recovered_fraction": {headline: boot["recovered_fraction"].get(headline)}},
             "recovered_fraction_all": rep["recovered_fraction"], "headline_metric": headline,
             "clean_cost": rep.get("clean_cost", {}), "notes": rep["notes"], "report": rel_report}
 
@@ -309,6 +314,11 @@ def _f(v: Any, digits: int = 2) -> str:
     return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _ci(ci: Sequence[float] | None) -> str:
+    """`` [lo, hi] (95 % bootstrap over images) `` or nothing."""
+    return f"[{_f(ci[0], 3)}, {_f(ci[1], 3)}] (95 % bootstrap interval over images) " if ci else ""
+
+
 def _restore_md(section: dict[str, Any]) -> list[str]:
     rows, skipped = [], []
     for name, s in section.items():
@@ -329,7 +339,7 @@ def _downstream_md(s: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     copies = [c for c in ("clean", "rainy", "derained", "clean_derained") if c in s]
     lines = [markdown_table(["copy", *metrics], [[c, *(_f(s[c].get(m), 4) for m in metrics)] for c in copies]), "",
              f"**recovered fraction of {s['headline_metric']}: {_f(s['recovered_fraction'], 3)}** "
-             f"(derained - rainy) / (clean - rainy); all: " + ", ".join(
+             f"{_ci(s.get('recovered_fraction_ci95'))}(derained - rainy) / (clean - rainy); all: " + ", ".join(
                  f"{m} {_f(v, 3)}" for m, v in s["recovered_fraction_all"].items()),
              f"images: {s['images']}, rain: `{s['rain']}` (seed {s['seed']}), details: `{s['report']}`"]
     return lines + [f"- note: {n}" for n in s["notes"]]

@@ -30,6 +30,7 @@ from jdnet_plugin.eval_tasks.common import (
     EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
     rain_label, recovered_fraction, resolve_gate_arg, sha256_file)
+from jdnet_plugin.eval_tasks.bootstrap import bootstrap_section, miou_replicates, resample_counts
 from jdnet_plugin.integrations.segmentation import SegmenterAdapter
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -192,12 +193,12 @@ def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int
 
 def iou_from_confusion(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(IoU per class, present)``: IoU = TP / (TP + FP + FN) from an ``(N, N + 1)`` confusion matrix; a class is
-    present when it has ground-truth pixels."""
-    n = cm.shape[0]
+    present when it has ground-truth pixels. Leading dimensions are batch dimensions."""
+    n = cm.shape[-2]
     cm = cm.double()
-    tp = cm.diagonal()[:n] if cm.shape[1] > n else cm.diagonal()
-    gt = cm.sum(1)
-    pred = cm[:, :n].sum(0)
+    tp = cm.diagonal(dim1=-2, dim2=-1)[..., :n]
+    gt = cm.sum(-1)
+    pred = cm[..., :n].sum(-2)
     union = gt + pred - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.zeros_like(tp))
     return iou, gt > 0
@@ -222,9 +223,10 @@ def _check_classes(num_channels: int, num_classes: int, lut: torch.Tensor | None
 def _evaluate_copy(seg: Segmenter, images: list[Path], masks: list[Path], num_classes: int,
                    ignore_index: int | None, lut: torch.Tensor | None, device: torch.device, desc: str,
                    check) -> torch.Tensor:
+    """``(images, N, N + 1)``: the confusion matrix of each image."""
     from jdnet_plugin.io import read_rgb, to_tensor
 
-    cm = torch.zeros(num_classes, num_classes + 1, dtype=torch.long)
+    cms = []
     for img_path, mask_path in tqdm(list(zip(images, masks)), desc=desc, unit="img", disable=None):
         rgb = read_rgb(img_path)
         target = torch.from_numpy(read_mask(mask_path))
@@ -242,8 +244,8 @@ def _evaluate_copy(seg: Segmenter, images: list[Path], masks: list[Path], num_cl
         pred = logits.argmax(1)[0].cpu()
         if lut is not None:
             pred = lut[pred]
-        cm += confusion_matrix(pred, target, num_classes, ignore_index)
-    return cm
+        cms.append(confusion_matrix(pred, target, num_classes, ignore_index))
+    return torch.stack(cms) if cms else torch.zeros(0, num_classes, num_classes + 1, dtype=torch.long)
 
 
 def _class_setup(class_map: str | None, class_names: str | None, num_classes: int, ignore_index: int | None
@@ -301,20 +303,25 @@ def _score(cm: torch.Tensor, names: list[str]) -> dict[str, Any]:
 
 def _score_copies(seg: Segmenter, copies: dict[str, tuple[Path, bool]], images: list[Path], masks: list[Path],
                   root: Path, source: dict, cache: Path, key_base: dict, names: list[str], ignore_index: int | None,
-                  lut: torch.Tensor | None, device: torch.device, check) -> dict[str, dict[str, Any]]:
-    """``{copy: scores}``; each copy's confusion matrix cached by (copy, model, map, classes, masks, device)."""
+                  lut: torch.Tensor | None, device: torch.device, check
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """``({copy: scores}, {copy: per-image confusion matrices})``; each copy's matrices cached by (copy, model,
+    map, classes, masks, device)."""
     results: dict[str, dict] = {}
+    per_image: dict[str, np.ndarray] = {}
     for copy, (folder, _) in copies.items():
         key = {"copy": source if copy == "clean" else folder.name, **key_base}
         mfile = cache / f"metrics-seg-{copy}-{digest(key, 12)}.json"
-        if mfile.is_file():
-            cm = torch.tensor(json.loads(mfile.read_text())["confusion"])
+        cached = json.loads(mfile.read_text()) if mfile.is_file() else {}
+        if "per_image" in cached:  # files of older versions hold only the sum: measured again
+            cms = torch.tensor(cached["per_image"], dtype=torch.long).view(len(images), len(names), len(names) + 1)
         else:
             files = [folder / f.relative_to(root) for f in images]
-            cm = _evaluate_copy(seg, files, masks, len(names), ignore_index, lut, device, copy, check)
-            atomic_write_text(mfile, json.dumps({"confusion": cm.tolist()}))
-        results[copy] = _score(cm, names)
-    return results
+            cms = _evaluate_copy(seg, files, masks, len(names), ignore_index, lut, device, copy, check)
+            atomic_write_text(mfile, json.dumps({"confusion": cms.sum(0).tolist(), "per_image": cms.tolist()}))
+        results[copy] = _score(cms.sum(0), names)
+        per_image[copy] = cms.numpy()
+    return results, per_image
 
 
 def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, num_classes: int,
@@ -345,10 +352,15 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     key_base = {"model": sha256_file(model) if Path(model).is_file() else str(model),
                 "map": sha256_file(class_map) if class_map else None, "n": num_classes, "ignore": ignore_index,
                 "masks": files_fingerprint(masks, Path(masks_dir).absolute()), "device": str(device)}
-    results = _score_copies(seg, copies, images, masks, root, source, cache, key_base, names, ignore_index, lut,
+    results, per_image = _score_copies(seg, copies, images, masks, root, source, cache, key_base, names, ignore_index, lut,
                             torch_device, lambda ch: _check_classes(ch, num_classes, lut, ignore_index, str(model),
                                                                     class_map))
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
+    names_rel = [str(f.relative_to(root)) for f in images]
+    order = np.argsort(names_rel, kind="stable")
+    counts = resample_counts(len(images))
+    boot = bootstrap_section(names_rel, {c: {"miou": miou_replicates(v[order], counts)} for c, v in per_image.items()},
+                             ("miou",))
     if missing:
         notes.append(f"{len(missing)} images have no mask and were skipped, e.g. {missing[:3]}")
         print(f"warning: {notes[-1]}", file=sys.stderr)
@@ -356,6 +368,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
         **{c: {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]} for c, r in results.items()},
         "recovered_fraction": fraction,
         **gate_report(results, copies, METRICS),
+        "bootstrap": boot,
         "notes": notes,
         "per_class": {c: r["per_class"] for c, r in results.items()},
         "confusion": {c: r["confusion"] for c, r in results.items()},

@@ -119,6 +119,9 @@ def test_dataset_mode_report_and_cache(tmp_path, yolo_pt, weights, capsys):
     assert again["copies_reused"] == {"clean": True, "rainy": True, "derained": True, "clean_derained": True}
     assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
                                                                                                 "derained")}
+    assert again["bootstrap"] == report["bootstrap"]  # the per-image matches were kept with the metrics
+    assert set(report["bootstrap"]["intervals"]["map50_95"]) == {"clean", "rainy", "derained", "clean_derained",
+                                                                 "clean_cost"}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
 
@@ -232,6 +235,19 @@ def test_shared_yolov5n_on_coco128(tmp_path, shared_dir, weights, capsys):
     c, r, d = (report[k]["map50_95"] for k in ("clean", "rainy", "derained"))
     assert frac == pytest.approx((d - r) / (c - r)) if c != r else frac is None
     assert report["per_class"]["clean"]
+    # The per-image matches kept for the bootstrap give back the validator's own mAP on all images, and each
+    # copy's interval holds its value.
+    from jdnet_plugin.eval_tasks.bootstrap import detection_replicates
+
+    for copy in ("clean", "rainy", "derained"):
+        with np.load(next((out / "cache").glob(f"metrics-{copy}-*.npz"))) as z:
+            matches = dict(z)
+        assert sorted(matches["names"]) == sorted(p.name for p in (ds / "images" / "train").iterdir())
+        whole = detection_replicates(matches, np.ones((1, 3), np.int64))
+        assert whole["map50_95"][0] == pytest.approx(report[copy]["map50_95"])
+        assert whole["map50"][0] == pytest.approx(report[copy]["map50"])
+        lo, hi = report["bootstrap"]["intervals"]["map50"][copy]
+        assert lo <= report[copy]["map50"] <= hi
 
 
 def test_footage_mode_video_file(tmp_path, yolo_pt, weights, capsys):

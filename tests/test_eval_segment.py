@@ -110,6 +110,11 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
         assert report[copy]["miou"] == pytest.approx(iou.mean())
     c, r, d = (report[k]["miou"] for k in ("clean", "rainy", "derained"))
     assert report["recovered_fraction"]["miou"] == pytest.approx((d - r) / (c - r))
+    boot = report["bootstrap"]  # over the three images: every draw of the clean copy is perfect
+    assert boot["intervals"]["miou"]["clean"] == pytest.approx([1.0, 1.0])
+    lo, hi = boot["intervals"]["miou"]["rainy"]
+    assert lo < hi and lo <= r <= hi
+    assert len(boot["recovered_fraction"]["miou"]["replicates"]) == boot["replicates"]
     assert (out / "plot.png").is_file() and "miou" in (out / "report.md").read_text()
     rainy_file = Path(report["copies"]["rainy"]) / "im0.png"
     mtime = rainy_file.stat().st_mtime_ns
@@ -121,6 +126,7 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
     assert rainy_file.stat().st_mtime_ns == mtime
     assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
                                                                                                 "derained")}
+    assert again["bootstrap"] == report["bootstrap"]  # per-image matrices cached with the metrics
     # The source folders are untouched.
     assert sorted(p.name for p in images.iterdir()) == ["im0.png", "im1.png", "im2.png"]
 
