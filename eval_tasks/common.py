@@ -497,6 +497,14 @@ def finish_report(out: Path, report: dict, title: str, metrics: Sequence[str], c
         if f"clean_cost{suffix}" in report:
             md.append(f"cost of deraining on clean images (clean - clean_derained{suffix}): " + ", ".join(
                 f"{m} {v:+.4f}" for m, v in report[f"clean_cost{suffix}"].items()))
+    boot = report.get("bootstrap")
+    if boot:
+        def ci(v: Sequence[float] | None) -> str:
+            return "-" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
+
+        md.append(f"95 % intervals over images (bootstrap, {boot['replicates']} draws): recovered fraction " + ", ".join(
+            f"{m} {ci(v['ci95'])}" for m, v in boot["recovered_fraction"].items()) + "; clean cost " + ", ".join(
+            f"{m} {ci(v.get('clean_cost'))}" for m, v in boot["intervals"].items()))
     for copy, g in (report.get("gate") or {}).items():
         if g:
             md.append(f"rain gate (threshold {g['threshold']:g}) in {copy}: {g['derained']} images derained, "

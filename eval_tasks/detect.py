@@ -37,7 +37,8 @@ from jdnet_plugin.eval_tasks.common import (
     EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, image_rain_score, load_derainer, map_image_tree, pick_device, rain_fn,
     rain_id, rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
-from jdnet_plugin.eval_tasks.bootstrap import bootstrap_section, detection_replicates, resample_counts
+from jdnet_plugin.eval_tasks.bootstrap import (
+    REPLICATES, add_bootstrap_arg, bootstrap_section, check_draws, detection_replicates, resample_counts)
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
@@ -352,13 +353,14 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
                    cache: Path | None = None, seed: int = 0, rain_scale: str = "1", device: str | None = None,
                    tile: int | None = None, imgsz: int = 640, batch: int = 1, workers: int = 0,
                    derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None,
-                   derain_at: str = "frame") -> dict[str, Any]:
+                   derain_at: str = "frame", bootstrap: int = REPLICATES) -> dict[str, Any]:
     """Detection mAP of the clean, rainy and derained copies of the dataset YAML ``data`` (its first ``limit``
     images), with the recovered fraction; writes report.json, report.md and plot.png to ``out`` and returns
     the report. ``rain`` is a preset or ``transplant:DIR`` (see :func:`jdnet_plugin.eval_tasks.common.rain_fn`);
     ``gate`` ("auto" or a threshold) adds copies derained with the rain gate (see :func:`gate_report`).
     ``derain_at="input"``: instead of derained copies of the images (each at its own resolution), the rainy
-    and clean copies are validated with the derainer attached to the detector's letterboxed input."""
+    and clean copies are validated with the derainer attached to the detector's letterboxed input.
+    ``bootstrap``: draws of the images for the intervals (:mod:`jdnet_plugin.eval_tasks.bootstrap`; 0: none)."""
     out = Path(out).absolute()
     cache = Path(cache or out / "cache").absolute()
     model = str(model)
@@ -366,6 +368,7 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
     ds = limit_dataset(read_yolo_dataset(data), limit)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
     gate = resolve_gate_arg(gate)
+    check_draws(bootstrap)
     derainer, wsha = load_derainer(weights, pick_device(device))
     yolo = _load_detector(model)
     _check_class_count(yolo, ds, model, data)
@@ -382,7 +385,7 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
                 hooked[name + suffix] = InputDeraining(derainer, wsha, tile, g)
     results, per_image = _val_copies(yolo, copies, ds, cache, out, model, imgsz, batch, device, workers, hooked)
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
-    counts = resample_counts(len(ds.images))
+    counts = resample_counts(len(ds.images), bootstrap)
     boot = bootstrap_section([Path(f).name for f in ds.images],
                              {c: detection_replicates(v, counts) for c, v in per_image.items()}, METRICS)
     report = {
@@ -410,7 +413,7 @@ def evaluate_dataset(args: argparse.Namespace) -> int:
     detect_dataset(args.data, args.model, args.weights, args.rain, args.out, cache=args.cache, seed=args.seed,
                    rain_scale=args.rain_scale, device=args.device, tile=args.tile, imgsz=args.imgsz,
                    batch=args.batch, workers=args.workers, derain_clean=args.derain_clean,
-                   limit=args.max_images, gate=args.gate, derain_at=args.derain_at)
+                   limit=args.max_images, gate=args.gate, derain_at=args.derain_at, bootstrap=args.bootstrap)
     return 0
 
 
@@ -735,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", help="footage mode: a video file, image folder, or stream URL / camera index")
     p.add_argument("--model", required=True, help="detector: anything Ultralytics' YOLO() loads (local file)")
     add_common_args(p, rain_required=False)
+    add_bootstrap_arg(p)
     p.add_argument("--add-rain", metavar="PRESET",
                    help="footage mode: the footage is clean; add rain and use the clean detections as reference")
     p.add_argument("--max-frames", type=int, default=None, help="footage mode: first N frames only")

@@ -154,13 +154,14 @@ def restoration_section(paths: SharedPaths, weights: str, cache: Path, limits: L
 # ----------------------------------------------------------------------------------------------- downstream tasks
 def _downstream_summary(rep: dict, metrics: Sequence[str], headline: str, rel_report: str) -> dict[str, Any]:
     copies = ("clean", "rainy", "derained", "clean_derained")
-    boot = rep["bootstrap"]
+    boot = rep["bootstrap"] or {"recovered_fraction": {}, "intervals": {}}
     return {**{c: {m: rep[c].get(m) for m in metrics} for c in copies if c in rep},
             "recovered_fraction": rep["recovered_fraction"][headline],
-            "recovered_fraction_ci95": boot["recovered_fraction"].get(headline, {}).get("ci95"),
+            "recovered_fraction_ci95": (boot["recovered_fraction"].get(headline) or {}).get("ci95"),
             "clean_cost_ci95": boot["intervals"].get(headline, {}).get("clean_cost"),
-            "bootstrap": {**{k: boot[k] for k in ("replicates", "seed", "images", "level")},
-                          "recovered_fraction": {headline: boot["recovered_fraction"].get(headline)}},
+            "bootstrap": rep["bootstrap"] and {
+                **{k: boot[k] for k in ("replicates", "seed", "images", "level")},
+                "recovered_fraction": {headline: boot["recovered_fraction"].get(headline)}},
             "recovered_fraction_all": rep["recovered_fraction"], "headline_metric": headline,
             "clean_cost": rep.get("clean_cost", {}), "notes": rep["notes"], "report": rel_report}
 

@@ -30,7 +30,8 @@ from jdnet_plugin.eval_tasks.common import (
     EvalError, add_common_args, cached_copy, check_limit, cli_entry, derain_fn, digest, files_fingerprint,
     finish_report, gate_report, gated_copies, load_derainer, map_image_tree, pick_device, rain_fn, rain_id,
     rain_label, recovered_fraction, resolve_gate_arg, sha256_file)
-from jdnet_plugin.eval_tasks.bootstrap import bootstrap_section, miou_replicates, resample_counts
+from jdnet_plugin.eval_tasks.bootstrap import (
+    REPLICATES, add_bootstrap_arg, bootstrap_section, check_draws, miou_replicates, resample_counts)
 from jdnet_plugin.integrations.segmentation import SegmenterAdapter
 from jdnet_plugin.io import ImageReadError, read_image
 from jdnet_plugin.utils.atomic import atomic_write_text
@@ -328,12 +329,12 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
                     weights: str | Path, rain: str, out: Path, *, class_map: str | None = None,
                     class_names: str | None = None, ignore_index: int | None = None, cache: Path | None = None,
                     seed: int = 0, rain_scale: str = "1", device: str | None = None, tile: int | None = None,
-                    derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None
-                    ) -> dict[str, Any]:
+                    derain_clean: bool = False, limit: int | None = None, gate: str | float | None = None,
+                    bootstrap: int = REPLICATES) -> dict[str, Any]:
     """mIoU of the clean, rainy and derained copies of the (first ``limit``) images with masks, with the recovered
     fraction; writes report.json, report.md and plot.png to ``out`` and returns the report. ``rain`` is a preset
     or ``transplant:DIR`` (see :func:`jdnet_plugin.eval_tasks.common.rain_fn`); ``gate`` ("auto" or a threshold) adds copies
-    derained with the rain gate."""
+    derained with the rain gate; ``bootstrap``: draws of the images for the intervals (0: none)."""
     out, torch_device = Path(out).absolute(), pick_device(device)
     cache = Path(cache or out / "cache").absolute()
     images_dir, masks_dir = Path(images_dir).absolute(), Path(masks_dir).absolute()  # relative paths too
@@ -342,6 +343,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     images, masks = (images[:limit], masks[:limit]) if limit else (images, masks)
     rain_fn(rain, seed, rain_scale)  # a bad preset, folder or scale fails before any work
     gate = resolve_gate_arg(gate)
+    check_draws(bootstrap)
     lut, names = _class_setup(class_map, class_names, num_classes, ignore_index)
     seg = Segmenter(load_segmenter(str(model), torch_device)).to(torch_device)
     derainer, wsha = load_derainer(weights, torch_device)
@@ -358,7 +360,7 @@ def segment_dataset(images_dir: str | Path, masks_dir: str | Path, model: str, n
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     names_rel = [str(f.relative_to(root)) for f in images]
     order = np.argsort(names_rel, kind="stable")
-    counts = resample_counts(len(images))
+    counts = resample_counts(len(images), bootstrap)
     boot = bootstrap_section(names_rel, {c: {"miou": miou_replicates(v[order], counts)} for c, v in per_image.items()},
                              ("miou",))
     if missing:
@@ -391,7 +393,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
     segment_dataset(args.images, args.masks, args.model, args.num_classes, args.weights, args.rain, args.out,
                     class_map=args.class_map, class_names=args.class_names, ignore_index=args.ignore_index,
                     cache=args.cache, seed=args.seed, rain_scale=args.rain_scale, device=args.device,
-                    tile=args.tile, derain_clean=args.derain_clean, limit=args.max_images, gate=args.gate)
+                    tile=args.tile, derain_clean=args.derain_clean, limit=args.max_images, gate=args.gate,
+                    bootstrap=args.bootstrap)
     return 0
 
 
@@ -406,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", default=None, help="text file with the dataset's class names")
     p.add_argument("--ignore-index", type=int, default=None, help="mask value left out of the metric (void)")
     add_common_args(p, rain_required=True)
+    add_bootstrap_arg(p)
     p.add_argument("--derain-clean", action="store_true",
                    help="also evaluate the derained clean images (what deraining costs without rain)")
     p.add_argument("--max-images", type=int, default=None, help="first N images (with masks) only")

@@ -64,6 +64,16 @@ def test_detection_replicates_equal_ultralytics_on_the_drawn_images():
     assert got["map50_95"][0] != got["map50_95"][1]  # the draw matters
 
 
+def test_no_draws_no_section_and_negative_draws_refused():
+    from jdnet_plugin.eval_tasks.common import EvalError
+
+    counts = resample_counts(3, replicates=0)
+    assert counts.shape == (0, 3)
+    assert bootstrap_section(["a", "b", "c"], {"clean": {"m": miou_replicates(_cms(3), counts)}}, ("m",)) is None
+    with pytest.raises(EvalError, match="draws must be >= 0"):
+        resample_counts(3, replicates=-1)
+
+
 def test_fraction_and_interval():
     f = fraction_replicates(np.array([1.0, 1.0, 0.5]), np.array([0.0, 0.5, 0.5]), np.array([0.5, 1.0, 0.7]))
     assert f[:2].tolist() == [0.5, 1.0] and np.isnan(f[2])  # rain cost nothing in the last draw

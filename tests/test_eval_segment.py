@@ -115,6 +115,9 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
     lo, hi = boot["intervals"]["miou"]["rainy"]
     assert lo < hi and lo <= r <= hi
     assert len(boot["recovered_fraction"]["miou"]["replicates"]) == boot["replicates"]
+    lo, hi = boot["intervals"]["miou"]["clean_cost"]  # the same sign as the report's clean cost
+    assert lo <= report["clean_cost"]["miou"] <= hi and hi > 0
+    assert "95 % intervals over images" in (out / "report.md").read_text()
     assert (out / "plot.png").is_file() and "miou" in (out / "report.md").read_text()
     rainy_file = Path(report["copies"]["rainy"]) / "im0.png"
     mtime = rainy_file.stat().st_mtime_ns
@@ -127,6 +130,11 @@ def test_report_cache_and_values(tmp_path, weights, capsys):
     assert {k: again[k] for k in ("clean", "rainy", "derained")} == {k: report[k] for k in ("clean", "rainy",
                                                                                                 "derained")}
     assert again["bootstrap"] == report["bootstrap"]  # per-image matrices cached with the metrics
+    rc, _, err = run([*argv, "--bootstrap", "0"], capsys)  # no intervals asked: none
+    assert rc == 0, err
+    assert json.loads((out / "report.json").read_text())["bootstrap"] is None
+    rc, _, err = run([*argv, "--bootstrap", "-2"], capsys)
+    assert rc != 0 and "bootstrap draws must be >= 0" in err
     # The source folders are untouched.
     assert sorted(p.name for p in images.iterdir()) == ["im0.png", "im1.png", "im2.png"]
 
