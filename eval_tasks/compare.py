@@ -78,6 +78,11 @@ def read_reports(specs: Sequence[str]) -> dict[str, dict]:
     return reports
 
 
+def _rounded(v: float | None) -> float | None:
+    """A value to 6 significant digits: the same input measured in float32 or float64 counts as one."""
+    return None if v is None else float(f"{v:.6g}")
+
+
 def _paired(reports: dict[str, dict], section: str) -> dict[str, Any]:
     """Each report's recovered fraction in ``section`` minus the first report's: the paired bootstrap interval
     (:func:`jdnet_plugin.eval_tasks.bootstrap.paired_difference`), where both reports hold the draws."""
@@ -100,7 +105,7 @@ def comparison(reports: dict[str, dict]) -> dict[str, Any]:
     rows = []
     for group, label, path, digits in ROWS:
         in_path = next((INPUT[k] + path[len(k):] for k in INPUT if tuple(path[:len(k)]) == k), None)
-        inputs = {_get(r, in_path) for r in reports.values()} if in_path else set()
+        inputs = {_rounded(_get(r, in_path)) for r in reports.values()} if in_path else set()
         ci = {n: r.get(path[0], {}).get("recovered_fraction_ci95") for n, r in reports.items()} \
             if path[-1] == "recovered_fraction" else {}
         rows.append({"group": group, "label": label, "digits": digits,
