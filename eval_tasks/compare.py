@@ -105,11 +105,11 @@ def comparison(reports: dict[str, dict]) -> dict[str, Any]:
     rows = []
     for group, label, path, digits in ROWS:
         in_path = next((INPUT[k] + path[len(k):] for k in INPUT if tuple(path[:len(k)]) == k), None)
-        inputs = {_rounded(_get(r, in_path)) for r in reports.values()} if in_path else set()
+        inputs = [_get(r, in_path) for r in reports.values()] if in_path else []
         ci = {n: r.get(path[0], {}).get("recovered_fraction_ci95") for n, r in reports.items()} \
             if path[-1] == "recovered_fraction" else {}
         rows.append({"group": group, "label": label, "digits": digits,
-                     "input": inputs.pop() if len(inputs) == 1 else None,
+                     "input": inputs[0] if inputs and len({_rounded(v) for v in inputs}) == 1 else None,
                      "values": {n: _get(r, path) for n, r in reports.items()}, "ci": ci})
     return {"reports": {n: {"weights": r["weights"], "weights_sha256": r["weights_sha256"], "quick": r["quick"]}
                         for n, r in reports.items()}, "rows": rows,

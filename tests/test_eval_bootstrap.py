@@ -108,7 +108,7 @@ def test_compare_shows_intervals_and_paired_differences(tmp_path):
         det = {"headline_metric": "m", "recovered_fraction": 0.5 + shift, "recovered_fraction_ci95": rf["ci95"],
                "bootstrap": sec}
         return {"weights": name, "weights_file": name, "weights_sha256": "0" * 64, "quick": False,
-                "detection": det}
+                "detection": det, "held_out": {"rain100L": {"input": {"psnr_y": 26.9 + shift * 1e-8}}}}
 
     c = comparison({"old": report("old", 0.0), "new": report("new", 0.1)})
     json.dumps(c)  # the comparison is written as JSON
@@ -117,3 +117,5 @@ def test_compare_shows_intervals_and_paired_differences(tmp_path):
     assert row["ci"]["new"] is not None
     assert "detection, recovered fraction, `new` minus `old`: +0.100" in md
     assert c["paired"]["segmentation"] == {}
+    psnr = next(r for r in c["rows"] if r["label"].startswith("Rain100L test, PSNR"))
+    assert psnr["input"] == 26.9  # one input measured to float precision twice is one input
