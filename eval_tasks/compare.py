@@ -136,7 +136,9 @@ def render_markdown(c: dict[str, Any]) -> str:
                 md.append(f"- {section}, recovered fraction, `{n}` minus `{names[0]}`: {d['difference']:+.3f} "
                           f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (paired bootstrap over the same images; "
                           f"`{n}` higher in {100 * d['p_b_better']:.0f} % of draws)")
-            elif n in diffs:
+            elif d:
+                md.append(f"- {section}: `{n}` against `{names[0]}`: rain cost nothing in most draws; no paired interval")
+            else:
                 md.append(f"- {section}: `{n}` and `{names[0]}` were not measured on the same images; no paired interval")
     md.append("")
     md += [f"- `{n}`: weights `{r['weights']}` (sha256 {r['weights_sha256'][:12]})" + (" QUICK" if r["quick"] else "")
