@@ -9,16 +9,20 @@ therefore share their draws, and the difference of their replicates is a paired 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from jdnet_plugin.eval_tasks.common import EvalError, digest
+from jdnet_plugin.utils.atomic import atomic_path
 
 __all__ = ["REPLICATES", "SEED", "add_bootstrap_arg", "check_draws", "resample_counts", "miou_replicates",
-           "detection_replicates", "fraction_replicates", "interval", "bootstrap_section", "paired_difference"]
+           "detection_replicates", "cached_detection_replicates", "fraction_replicates", "interval",
+           "bootstrap_section", "paired_difference"]
 
 REPLICATES = 1000
 SEED = 0
@@ -72,6 +76,26 @@ def detection_replicates(per_image: Mapping[str, np.ndarray], counts: np.ndarray
         ap = ap_per_class(np.repeat(per_image["tp"], wp, axis=0), np.repeat(per_image["conf"], wp),
                           np.repeat(per_image["pred_cls"], wp), target)[5]
         out["map50"][r], out["map50_95"][r] = (ap[:, 0].mean(), ap.mean()) if len(ap) else (0.0, 0.0)
+    return out
+
+
+def cached_detection_replicates(per_image: Mapping[str, np.ndarray], counts: np.ndarray,
+                                cache: Path | None) -> dict[str, np.ndarray]:
+    """:func:`detection_replicates`, kept in ``cache`` (a folder; None: not kept) under a hash of the matches
+    and the draws: a copy measured before (clean and rainy images, for every weights file) costs nothing."""
+    if cache is None:
+        return detection_replicates(per_image, counts)
+    h = hashlib.sha256(np.ascontiguousarray(counts).tobytes())
+    for k in sorted(per_image):
+        h.update(k.encode() + np.ascontiguousarray(per_image[k]).tobytes())
+    path = Path(cache) / f"map-replicates-{h.hexdigest()[:16]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return dict(z)
+    out = detection_replicates(per_image, counts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **out)
     return out
 
 

@@ -38,7 +38,7 @@ from jdnet_plugin.eval_tasks.common import (
     finish_report, gate_report, gated_copies, image_rain_score, load_derainer, map_image_tree, pick_device, rain_fn,
     rain_id, rain_label, recovered_fraction, resolve_gate_arg, sha256_file, to_jsonable, TRANSPLANT)
 from jdnet_plugin.eval_tasks.bootstrap import (
-    REPLICATES, add_bootstrap_arg, bootstrap_section, check_draws, detection_replicates, resample_counts)
+    REPLICATES, add_bootstrap_arg, bootstrap_section, cached_detection_replicates, check_draws, resample_counts)
 from jdnet_plugin.integrations.ultralytics_hook import DERAIN_AT
 from jdnet_plugin.gate import GATE_VERSION
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
@@ -387,7 +387,8 @@ def detect_dataset(data: str | os.PathLike, model: str, weights: str | os.PathLi
     fraction, notes = recovered_fraction(results["clean"], results["rainy"], results["derained"], METRICS)
     counts = resample_counts(len(ds.images), bootstrap)
     boot = bootstrap_section([Path(f).name for f in ds.images],
-                             {c: detection_replicates(v, counts) for c, v in per_image.items()}, METRICS)
+                             {c: cached_detection_replicates(v, counts, cache) for c, v in per_image.items()},
+                             METRICS)
     report = {
         **{c: {m: results[c][m] for m in METRICS} for c in results},
         "recovered_fraction": fraction,

@@ -1,4 +1,5 @@
-"""Training losses of the JDNet paper: negative SSIM (the authors' default), L1 and MSE.
+"""Training losses of the JDNet paper: negative SSIM (the authors' default), L1 and MSE, and weighted sums of
+them (``"ssim+l1"``, ``"ssim+0.5*l1"``).
 
 The SSIM loss is the authors' definition: Gaussian window 11, sigma 1.5, C1 = 0.01^2, C2 = 0.03^2, on RGB in
 [0, 1] with zero padding, mean over the map; that is :func:`jdnet_plugin.metrics.ssim` with
@@ -12,7 +13,8 @@ from torch import nn
 
 from .metrics import ssim
 
-__all__ = ["LOSSES", "ssim_loss", "l1_loss", "mse_loss", "SSIMLoss", "L1Loss", "MSELoss", "build_loss"]
+__all__ = ["LOSSES", "ssim_loss", "l1_loss", "mse_loss", "SSIMLoss", "L1Loss", "MSELoss", "WeightedSum",
+           "parse_loss", "build_loss"]
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,9 +60,47 @@ LOSS_ALIASES = {"l2": "mse", "mae": "l1"}
 LOSS_NAMES = (*LOSSES, *LOSS_ALIASES)  # what a training config may name
 
 
+class WeightedSum(nn.Module):
+    """``sum(weight * loss(pred, target))`` over named terms, e.g. ``{"ssim": 1.0, "l1": 0.5}``."""
+
+    def __init__(self, terms: dict[str, float]) -> None:
+        super().__init__()
+        self.weights = dict(terms)
+        self.terms = nn.ModuleDict({name: LOSSES[name]() for name in terms})
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * self.terms[name](pred, target) for name, w in self.weights.items())
+
+
+def parse_loss(spec: str) -> dict[str, float]:
+    """The terms of a loss spec, ``"ssim"`` or a sum such as ``"ssim+0.5*l1"``, as ``{name: weight}``.
+
+    Names are case-insensitive and may be aliases (``l2``, ``mae``); a weight is a positive number before ``*``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a loss is a name or a sum of names such as 'ssim+0.5*l1', got {spec!r}")
+    terms: dict[str, float] = {}
+    for term in spec.replace(" ", "").lower().split("+"):
+        weight, _, name = term.rpartition("*")
+        key = LOSS_ALIASES.get(name, name)
+        if key not in LOSSES:
+            raise ValueError(f"unknown loss {name!r} in {spec!r}; known: {', '.join(LOSS_NAMES)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"loss {spec!r}: weight {weight!r} of {name!r} is not a number") from None
+        if not w > 0 or w == float("inf"):
+            raise ValueError(f"loss {spec!r}: weight of {name!r} must be a positive number, got {weight}")
+        if key in terms:
+            raise ValueError(f"loss {spec!r} names {key!r} twice")
+        terms[key] = w
+    return terms
+
+
 def build_loss(name: str) -> nn.Module:
-    """The loss module of a name: ``"ssim"`` (negative SSIM), ``"l1"`` or ``"mse"`` (``"l2"`` is an alias)."""
-    key = LOSS_ALIASES.get(name.lower(), name.lower())
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
-    return LOSSES[key]()
+    """The loss module of a spec: ``"ssim"`` (negative SSIM), ``"l1"``, ``"mse"`` (``"l2"`` is an alias), or a
+    weighted sum of them such as ``"ssim+l1"`` or ``"ssim+0.5*l1"`` (:func:`parse_loss`)."""
+    terms = parse_loss(name)
+    if len(terms) == 1 and next(iter(terms.values())) == 1.0:
+        return LOSSES[next(iter(terms))]()
+    return WeightedSum(terms)

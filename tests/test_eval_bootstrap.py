@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from jdnet_plugin.eval_tasks.bootstrap import (
-    bootstrap_section, detection_replicates, fraction_replicates, interval, miou_replicates, paired_difference,
+    bootstrap_section, cached_detection_replicates, detection_replicates, fraction_replicates, interval, miou_replicates, paired_difference,
     resample_counts)
 from jdnet_plugin.eval_tasks.segment import iou_from_confusion
 
@@ -62,6 +62,23 @@ def test_detection_replicates_equal_ultralytics_on_the_drawn_images():
                           np.repeat(m["target_cls"], wt))[5]
         assert got["map50_95"][r] == pytest.approx(ap.mean()) and got["map50"][r] == pytest.approx(ap[:, 0].mean())
     assert got["map50_95"][0] != got["map50_95"][1]  # the draw matters
+
+
+def test_detection_replicates_are_cached_by_matches_and_draws(tmp_path, monkeypatch):
+    import jdnet_plugin.eval_tasks.bootstrap as boot
+
+    m, counts = _matches(), np.array([[1, 1, 1], [2, 0, 1]])
+    first = cached_detection_replicates(m, counts, tmp_path)
+    assert len(list(tmp_path.glob("map-replicates-*.npz"))) == 1
+    monkeypatch.setattr(boot, "detection_replicates", lambda *a: pytest.fail("computed again"))
+    again = cached_detection_replicates(m, counts, tmp_path)
+    assert all(np.array_equal(first[k], again[k]) for k in ("map50", "map50_95"))
+    monkeypatch.undo()
+    other = cached_detection_replicates(m, counts[::-1], tmp_path)  # other draws: computed, kept apart
+    assert other["map50"][0] == pytest.approx(first["map50"][1])
+    m["conf"] = m["conf"][::-1].copy()  # other matches: computed again
+    cached_detection_replicates(m, counts, tmp_path)
+    assert len(list(tmp_path.glob("map-replicates-*.npz"))) == 3
 
 
 def test_no_draws_no_section_and_negative_draws_refused():

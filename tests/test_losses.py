@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from jdnet_plugin import create_model
-from jdnet_plugin.losses import L1Loss, MSELoss, SSIMLoss, build_loss, l1_loss, mse_loss, ssim_loss
+from jdnet_plugin.losses import (
+    L1Loss, MSELoss, SSIMLoss, WeightedSum, build_loss, l1_loss, mse_loss, parse_loss, ssim_loss)
 
 
 def _authors_ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) -> torch.Tensor:
@@ -62,7 +63,7 @@ def test_build_loss():
     assert isinstance(build_loss("ssim"), SSIMLoss)
     assert isinstance(build_loss("L1"), L1Loss)
     assert isinstance(build_loss("l2"), MSELoss) and isinstance(build_loss("mse"), MSELoss)
-    with pytest.raises(ValueError, match="unknown loss 'huber'; known: ssim, l1, mse"):
+    with pytest.raises(ValueError, match="unknown loss 'huber' in 'huber'; known: ssim, l1, mse"):
         build_loss("huber")
 
 
@@ -84,3 +85,17 @@ def test_loss_goes_down_on_a_fixed_batch(name):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.1 * abs(losses[0] - (-1.0 if name == "ssim" else 0.0))
+
+
+def test_weighted_sums_of_losses():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    assert isinstance(build_loss("SSIM"), SSIMLoss) and isinstance(build_loss("1*mae"), L1Loss)
+    total = build_loss("ssim + 0.5*l1")
+    assert isinstance(total, WeightedSum)
+    assert torch.allclose(total(a, b), ssim_loss(a, b) + 0.5 * l1_loss(a, b))
+    assert parse_loss("ssim+0.5*l1+2*l2") == {"ssim": 1.0, "l1": 0.5, "mse": 2.0}
+    for spec, msg in [("ssim+huber", "unknown loss 'huber'"), ("ssim+-1*l1", "positive"),
+                      ("ssim+x*l1", "'x' of 'l1' is not a number"), ("l1+mae", "names 'l1' twice"), ("", "a loss is")]:
+        with pytest.raises(ValueError, match=msg):
+            build_loss(spec)

@@ -373,8 +373,11 @@ def test_config_choices_come_from_the_registries():
         build_loss(loss)
     for rain in list_rain_presets():
         assert load_config(overrides={"synthetic_rain": rain}).synthetic_rain == rain
-    with pytest.raises(ConfigError, match="loss must be one of"):
+    with pytest.raises(ConfigError, match="loss: unknown loss 'perceptual'"):
         load_config(overrides={"loss": "perceptual"})
+    assert load_config(overrides={"loss": "ssim+0.5*l1"}).loss == "ssim+0.5*l1"  # a weighted sum
+    with pytest.raises(ConfigError, match="loss: .*positive"):
+        load_config(overrides={"loss": "ssim+0*l1"})
     args = build_parser().parse_args(["--loss", "l2", "--synthetic-rain", "storm"])
     assert args.loss == "l2" and args.synthetic_rain == "storm"
 

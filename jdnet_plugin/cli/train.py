@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--steps", type=int, help="training steps (default: 1000 * pairs / batch size, the authors')")
     a("--batch-size", type=int, help="batch size per process")
     a("--patch-size", type=int, help="random crop size")
-    a("--loss", choices=CHOICES["loss"])
+    a("--loss", metavar="LOSS", help=f"{' | '.join(CHOICES['loss'])}, or a weighted sum such as 'ssim+0.5*l1'")
     a("--lr", type=float, help="Adam learning rate")
     a("--device", help="auto | cpu | cuda | cuda:N")
     a("--seed", type=int)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..losses import LOSS_NAMES
+from ..losses import LOSS_NAMES, parse_loss
 
 __all__ = ["DEFAULT_CONFIG", "CHOICES", "ConfigError", "TrainConfig", "default_config", "load_config",
            "merge_config", "config_differences", "RESUMABLE_CHANGES"]
@@ -27,7 +27,7 @@ RESUMABLE_CHANGES = frozenset({"out", "device", "workers", "val", "val_max", "sa
 # The settings with a fixed set of values (the CLI offers the same; rain presets and model presets come from
 # their registries).
 CHOICES: dict[str, tuple] = {
-    "loss": LOSS_NAMES,
+    "loss": LOSS_NAMES,  # or a weighted sum of them, "ssim+0.5*l1" (losses.parse_loss)
     "amp": ("auto", "none", "bf16", "fp16"),
     "attention": ("fast", "reference"),
     "format": ("paired", "side-by-side", "clean"),
@@ -199,8 +199,12 @@ def _validate(cfg: TrainConfig) -> None:
         _positive_int(key, getattr(cfg, key), allow_none=True)
     for key in ("workers", "snapshot_every"):
         _positive_int(key, getattr(cfg, key), allow_zero=True)
-    for key in ("loss", "amp", "attention"):
+    for key in ("amp", "attention"):
         _choice(key, getattr(cfg, key), CHOICES[key])
+    try:
+        parse_loss(cfg.loss)
+    except ValueError as e:
+        raise ConfigError(f"loss: {e}") from None
     _choice("channels_last", cfg.channels_last, ("auto", True, False))
     for key in ("hflip", "vflip", "rot90", "cache", "tensorboard", "progress"):
         _choice(key, getattr(cfg, key), (True, False))
