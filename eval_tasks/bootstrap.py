@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from jdnet_plugin.eval_tasks.common import EvalError, digest
+from jdnet_plugin.eval_tasks.common import EvalError, digest, fraction_recovered
 from jdnet_plugin.utils.atomic import atomic_path
 
 __all__ = ["REPLICATES", "SEED", "add_bootstrap_arg", "check_draws", "resample_counts", "miou_replicates",
-           "detection_replicates", "cached_detection_replicates", "fraction_replicates", "interval",
+           "detection_replicates", "cached_detection_replicates", "interval",
            "bootstrap_section", "paired_difference"]
 
 REPLICATES = 1000
@@ -99,13 +99,6 @@ def cached_detection_replicates(per_image: Mapping[str, np.ndarray], counts: np.
     return out
 
 
-def fraction_replicates(clean: np.ndarray, rainy: np.ndarray, derained: np.ndarray) -> np.ndarray:
-    """``(derained - rainy) / (clean - rainy)`` per replicate; NaN where rain cost nothing in a replicate."""
-    cost = clean - rainy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.abs(cost) > 1e-9, (derained - rainy) / cost, np.nan)
-
-
 def interval(replicates: np.ndarray, level: float = 0.95) -> list[float] | None:
     """The percentile interval of the finite replicates; None when fewer than half are finite."""
     v = replicates[np.isfinite(replicates)]
@@ -131,7 +124,7 @@ def bootstrap_section(names: Sequence[str], copies: Mapping[str, Mapping[str, np
         if "clean_derained" in reps:
             out["intervals"][m]["clean_cost"] = interval(reps["clean"] - reps["clean_derained"])
         if {"clean", "rainy", "derained"} <= set(reps):
-            frac = fraction_replicates(reps["clean"], reps["rainy"], reps["derained"])
+            frac = fraction_recovered(reps["clean"], reps["rainy"], reps["derained"])
             out["recovered_fraction"][m] = {"ci95": interval(frac),
                                             "replicates": [None if not np.isfinite(x) else round(float(x), 4)
                                                            for x in frac]}

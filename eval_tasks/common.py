@@ -379,21 +379,28 @@ def cached_copy(cache_root: Path, name: str, key: Mapping[str, Any], build: Call
     return final, False
 
 
+def fraction_recovered(clean: Any, rainy: Any, derained: Any) -> Any:
+    """``(derained - rainy) / (clean - rainy)`` elementwise (numbers or arrays); NaN where rain cost nothing."""
+    cost = np.asarray(clean, np.float64) - rainy
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(cost) > 1e-9, (np.asarray(derained, np.float64) - rainy) / cost, np.nan)
+
+
 def recovered_fraction(clean: Mapping[str, float | None], rainy: Mapping[str, float | None],
                        derained: Mapping[str, float | None], metrics: Sequence[str]
                        ) -> tuple[dict[str, float | None], list[str]]:
-    """``(derained - rainy) / (clean - rainy)`` per metric; None (with a note) where rain cost nothing."""
+    """:func:`fraction_recovered` per metric; None (with a note) where rain cost nothing."""
     out, notes = {}, []
     for m in metrics:
         c, r, d = clean.get(m), rainy.get(m), derained.get(m)
         if c is None or r is None or d is None:
             out[m] = None
             notes.append(f"{m}: not all three copies have a value")
-        elif abs(c - r) < 1e-9:
+        elif np.isnan(f := fraction_recovered(c, r, d)):
             out[m] = None
             notes.append(f"{m}: clean and rainy are equal ({c:.4f}), rain cost nothing to recover")
         else:
-            out[m] = (d - r) / (c - r)
+            out[m] = float(f)
     return out, notes
 
 

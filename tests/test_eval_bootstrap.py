@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from jdnet_plugin.eval_tasks.bootstrap import (
-    bootstrap_section, cached_detection_replicates, detection_replicates, fraction_replicates, interval, miou_replicates, paired_difference,
+    bootstrap_section, cached_detection_replicates, detection_replicates, interval, miou_replicates, paired_difference,
     resample_counts)
+from jdnet_plugin.eval_tasks.common import fraction_recovered, recovered_fraction
 from jdnet_plugin.eval_tasks.segment import iou_from_confusion
 
 
@@ -92,8 +93,10 @@ def test_no_draws_no_section_and_negative_draws_refused():
 
 
 def test_fraction_and_interval():
-    f = fraction_replicates(np.array([1.0, 1.0, 0.5]), np.array([0.0, 0.5, 0.5]), np.array([0.5, 1.0, 0.7]))
+    f = fraction_recovered(np.array([1.0, 1.0, 0.5]), np.array([0.0, 0.5, 0.5]), np.array([0.5, 1.0, 0.7]))
     assert f[:2].tolist() == [0.5, 1.0] and np.isnan(f[2])  # rain cost nothing in the last draw
+    per_metric, notes = recovered_fraction({"a": 1.0, "b": 0.5}, {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 0.7}, "ab")
+    assert per_metric == {"a": 1.0, "b": None} and "rain cost nothing" in notes[0]  # the report's figure, one formula
     assert interval(np.arange(101.0)) == pytest.approx([2.5, 97.5])
     assert interval(np.array([1.0, np.nan, np.nan])) is None
 
