@@ -31,7 +31,8 @@ SEED = 0
 def add_bootstrap_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=REPLICATES, metavar="N",
                    help="draws of the images for the 95 %% intervals (default: %(default)s; 0: no intervals; "
-                        "detection recomputes mAP for each draw: about 30 s per copy for 1000 draws of 100 images)")
+                        "detection recomputes mAP for each draw: about 30 s per copy for 1000 draws of 100 images, "
+                        "kept in the cache for the next run)")
 
 
 def check_draws(replicates: int) -> None:
