@@ -1,6 +1,6 @@
-# Sourced by train_rain_comparison.sh and train_broad_weights.sh (from the repository root): the training
-# folders (all of ../shared/data/clean but Kodak24) as DATA, and the validation pairs in $RUN/val: Kodak24,
-# never trained on, with storm rain, seed 1234 (monitoring and best.pt).
+# Sourced by the configs/train_*.sh scripts (from the repository root): the training folders (all of
+# ../shared/data/clean but Kodak24) as DATA, the validation pairs in $RUN/val: Kodak24, never trained on, with
+# storm rain, seed 1234 (monitoring and best.pt), and side_by_side to train several configs at once.
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED:-../shared}
 RUN=${RUN:-runs/rain-comparison}
@@ -10,3 +10,17 @@ if [ ! -d "$RUN/val/norain" ]; then
   "$PY" -m jdnet_plugin.synth "$CLEAN/Kodak24" --out "$RUN/val/rain" --preset storm --seed 1234 --quiet
   mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
 fi
+# side_by_side PREFIX NAME... [-- TRAIN FLAGS]: train configs/PREFIX-NAME.yaml into runs/PREFIX-NAME/ (log in
+# runs/PREFIX-NAME.log) for every NAME at once, skipping those with a final.pt; rerunning resumes.
+side_by_side() {
+  local prefix=$1 names=() name
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do names+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  mkdir -p runs
+  for name in "${names[@]}"; do
+    [ -f "runs/$prefix-$name/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/$prefix-$name.yaml" \
+      --data "${DATA[@]}" --val "$RUN/val" --out "runs/$prefix-$name" --no-progress "$@" > "runs/$prefix-$name.log" 2>&1 &
+  done
+  wait
+}

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Issue 16, stage 7: the recipe candidates of configs/stage7-*.yaml (control, l1, crop248, control-seed8, dry30,
-# l1-seed8) fine-tuned from the default side by side, one thread each, into runs/stage7-NAME/ (CANDIDATES="a b"
-# picks some; they were run as three batches: "control l1 crop248", "control-seed8 dry30", "l1-seed8"). Then, each:
-#   python eval_tasks/generalization.py --weights runs/stage7-NAME/final.pt --out runs/gen-stage7-NAME --cache runs/gen-cache
-# Usage: bash configs/train_recipe_comparison.sh [extra train flags for every run]. Rerunning resumes.
+# Issue 16, stages 7 and 8: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
+# runs/STAGE-NAME/. Stage 7 (the default): 600 steps from the default, one change each (control, l1, crop248,
+# control-seed8, dry30, l1-seed8), run as three batches: CANDIDATES="control l1 crop248", "control-seed8 dry30",
+# "l1-seed8". Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000 steps with loss ssim+l1, two seeds).
+# Then, each:
+#   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
+# Usage: [STAGE=stage8] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
+# Rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
-mkdir -p runs
-for name in ${CANDIDATES:-control l1 crop248 control-seed8 dry30 l1-seed8}; do
-  [ -f "runs/stage7-$name/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/stage7-$name.yaml" \
-    --data "${DATA[@]}" --val "$RUN/val" --out "runs/stage7-$name" --no-progress "$@" > "runs/stage7-$name.log" 2>&1 &
-done
-wait
-echo "done: runs/stage7-*/final.pt"
+source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA, the validation pairs and side_by_side
+STAGE=${STAGE:-stage7}
+case $STAGE in
+  stage7) default="control l1 crop248 control-seed8 dry30 l1-seed8" ;;
+  stage8) default="l1 l1-seed8" ;;
+  *) echo "STAGE must be stage7 or stage8, not '$STAGE'" >&2; exit 2 ;;
+esac
+# shellcheck disable=SC2086  # CANDIDATES is a list of names
+side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"
+echo "done: runs/$STAGE-*/final.pt"

@@ -5,10 +5,6 @@
 # Usage: bash configs/train_stage3_comparison.sh [extra train flags for both runs]. Rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
-for rain in broad broad-fine; do
-  [ -f "runs/stage3-$rain/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/stage3-$rain.yaml" \
-    --data "${DATA[@]}" --val "$RUN/val" --out "runs/stage3-$rain" --no-progress "$@" > "runs/stage3-$rain.log" 2>&1 &
-done
-wait
+source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA, the validation pairs and side_by_side
+side_by_side stage3 broad broad-fine -- "$@"
 echo "done: runs/stage3-broad/final.pt runs/stage3-broad-fine/final.pt"

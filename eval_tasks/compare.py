@@ -1,11 +1,12 @@
 """Several generalisation reports side by side: held-out and in-distribution rain kept apart, one table.
 
     python eval_tasks/compare.py mixed=runs/gen-mixed broad=runs/gen-broad --out benchmarks/results/rain-comparison \\
-        [--sheet] [--shared ../shared]
+        [--pair BASE:OTHER ...] [--sheet] [--shared ../shared]
 
 Each ``NAME=DIR`` is the output folder of ``eval_tasks/generalization.py`` (its ``report.json``). Writes
 OUT/report.json and OUT/report.md; ``--sheet`` also draws OUT/real_rainy_sheet.jpg, the report's real
-photos as rainy | one column per weights file, from the weights files the reports name.
+photos as rainy | one column per weights file, from the weights files the reports name. The paired
+differences of the recovered fractions are every report minus the first, or the ``--pair`` ones.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from jdnet_plugin.eval_tasks.common import (
     EvalError, cli_entry, derain_fn, load_derainer, markdown_table, pick_device, write_report)
 from jdnet_plugin.eval_tasks.generalization import REAL_PHOTOS, SHEET, real_rainy_sheet
 
-__all__ = ["ROWS", "read_reports", "comparison", "render_markdown", "draw_sheet", "main"]
+__all__ = ["ROWS", "read_reports", "parse_pairs", "comparison", "render_markdown", "draw_sheet", "main"]
 
 # (group, label, path into a generalisation report.json, digits shown)
 ROWS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
@@ -83,25 +84,42 @@ def _rounded(v: float | None) -> float | None:
     return None if v is None else float(f"{v:.6g}")
 
 
-def _paired(reports: dict[str, dict], section: str) -> dict[str, Any]:
-    """Each report's recovered fraction in ``section`` minus the first report's: the paired bootstrap interval
-    (:func:`jdnet_plugin.eval_tasks.bootstrap.paired_difference`), where both reports hold the draws."""
-    names = list(reports)
-    first = reports[names[0]].get(section, {})
-    out = {}
-    for n in names[1:]:
-        other = reports[n].get(section, {})
-        metric = other.get("headline_metric")
-        if "bootstrap" in first and "bootstrap" in other and metric:
-            out[n] = paired_difference(first["bootstrap"], other["bootstrap"], metric)
-            if out[n] is not None:
-                out[n]["difference"] = other["recovered_fraction"] - first["recovered_fraction"]
+def parse_pairs(specs: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
+    """``BASE:OTHER`` arguments as ``(base, other)`` report names; none: every report against the first."""
+    if not specs:
+        return [(names[0], n) for n in names[1:]]
+    pairs = []
+    for spec in specs:
+        base, sep, other = spec.partition(":")
+        if not sep or base not in names or other not in names or base == other:
+            raise EvalError(f"--pair {spec!r}: expected BASE:OTHER, two different names of {', '.join(names)}")
+        pairs.append((base, other))
+    return pairs
+
+
+def _paired(reports: dict[str, dict], section: str, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """``other``'s recovered fraction in ``section`` minus ``base``'s for each pair: the paired bootstrap interval
+    (:func:`jdnet_plugin.eval_tasks.bootstrap.paired_difference`; ``ci95`` None where the two reports do not
+    hold draws over the same images)."""
+    out = []
+    for base, other in pairs:
+        a, b = reports[base].get(section, {}), reports[other].get(section, {})
+        metric = b.get("headline_metric")
+        if "bootstrap" not in a or "bootstrap" not in b or not metric:
+            continue
+        d = paired_difference(a["bootstrap"], b["bootstrap"], metric)
+        out.append({"base": base, "other": other, "ci95": None, "p_b_better": None, "difference": None,
+                    "same_images": d is not None} | (d or {}))
+        if d is not None:
+            out[-1]["difference"] = b["recovered_fraction"] - a["recovered_fraction"]
     return out
 
 
-def comparison(reports: dict[str, dict]) -> dict[str, Any]:
+def comparison(reports: dict[str, dict], pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Rows of :data:`ROWS`: ``{group, label, input, values {name: value}, ci {name: [lo, hi]}}``, and the paired
-    differences of the recovered fractions from the first report."""
+    differences of the recovered fractions, ``other`` minus ``base`` for each pair (default: each report minus
+    the first)."""
+    pairs = parse_pairs([], list(reports)) if pairs is None else pairs
     rows = []
     for group, label, path, digits in ROWS:
         in_path = next((INPUT[k] + path[len(k):] for k in INPUT if tuple(path[:len(k)]) == k), None)
@@ -113,7 +131,7 @@ def comparison(reports: dict[str, dict]) -> dict[str, Any]:
                      "values": {n: _get(r, path) for n, r in reports.items()}, "ci": ci})
     return {"reports": {n: {"weights": r["weights"], "weights_sha256": r["weights_sha256"], "quick": r["quick"]}
                         for n, r in reports.items()}, "rows": rows,
-            "paired": {s: _paired(reports, s) for s in ("detection", "segmentation")}}
+            "paired": {s: _paired(reports, s, pairs) for s in ("detection", "segmentation")}}
 
 
 def render_markdown(c: dict[str, Any]) -> str:
@@ -131,15 +149,16 @@ def render_markdown(c: dict[str, Any]) -> str:
           "", "input column: the rainy input (restoration) or the rainy copy / clean copy (downstream); "
           "recovered fraction = (derained - rainy) / (clean - rainy), [95 % bootstrap interval over images].", ""]
     for section, diffs in c.get("paired", {}).items():
-        for n, d in diffs.items():
-            if d and d["ci95"]:
-                md.append(f"- {section}, recovered fraction, `{n}` minus `{names[0]}`: {d['difference']:+.3f} "
+        for d in diffs:
+            b, n = d["base"], d["other"]
+            if d["ci95"]:
+                md.append(f"- {section}, recovered fraction, `{n}` minus `{b}`: {d['difference']:+.3f} "
                           f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (paired bootstrap over the same images; "
                           f"`{n}` higher in {100 * d['p_b_better']:.0f} % of draws)")
-            elif d:
-                md.append(f"- {section}: `{n}` against `{names[0]}`: rain cost nothing in most draws; no paired interval")
+            elif d["same_images"]:
+                md.append(f"- {section}: `{n}` against `{b}`: rain cost nothing in most draws; no paired interval")
             else:
-                md.append(f"- {section}: `{n}` and `{names[0]}` were not measured on the same images; no paired interval")
+                md.append(f"- {section}: `{n}` and `{b}` were not measured on the same images; no paired interval")
     md.append("")
     md += [f"- `{n}`: weights `{r['weights']}` (sha256 {r['weights_sha256'][:12]})" + (" QUICK" if r["quick"] else "")
            for n, r in c["reports"].items()]
@@ -164,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", metavar="NAME=DIR", help="generalization.py output folders")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pair", action="append", default=[], metavar="BASE:OTHER",
+                   help="paired difference OTHER minus BASE of the recovered fractions (repeatable; "
+                        "default: every report minus the first)")
     p.add_argument("--sheet", action="store_true", help="draw the real photos with every weights file")
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     p.add_argument("--device")
@@ -172,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     reports = read_reports(args.reports)
-    c = comparison(reports)
+    c = comparison(reports, parse_pairs(args.pair, list(reports)))
     if args.sheet:
         c["sheet"] = {"file": SHEET, "photos": draw_sheet(reports, args.shared, args.out, args.device)}
     md = render_markdown(c) + (f"\n\n![rainy | {' | '.join(reports)}]({SHEET})\n" if args.sheet else "\n")

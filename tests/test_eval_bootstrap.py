@@ -120,7 +120,8 @@ def test_paired_difference_pairs_the_same_draws():
 
 
 def test_compare_shows_intervals_and_paired_differences(tmp_path):
-    from jdnet_plugin.eval_tasks.compare import comparison, render_markdown
+    from jdnet_plugin.eval_tasks.common import EvalError
+    from jdnet_plugin.eval_tasks.compare import comparison, parse_pairs, render_markdown
 
     def report(name, shift):
         sec = _section(shift)
@@ -136,6 +137,21 @@ def test_compare_shows_intervals_and_paired_differences(tmp_path):
     row = next(r for r in c["rows"] if r["label"].startswith("COCO128") and "recovered" in r["label"])
     assert row["ci"]["new"] is not None
     assert "detection, recovered fraction, `new` minus `old`: +0.100" in md
-    assert c["paired"]["segmentation"] == {}
+    assert c["paired"]["segmentation"] == []
+    assert [(d["base"], d["other"]) for d in c["paired"]["detection"]] == [("old", "new")]
+
+    # chosen pairs (--pair BASE:OTHER): each against its own base, the first report not special
+    three = {"old": report("old", 0.0), "new": report("new", 0.1), "newer": report("newer", 0.15)}
+    c = comparison(three, parse_pairs(["new:newer", "newer:old"], list(three)))
+    got = {(d["base"], d["other"]): d for d in c["paired"]["detection"]}
+    assert set(got) == {("new", "newer"), ("newer", "old")}
+    assert got[("new", "newer")]["difference"] == pytest.approx(0.05)
+    assert got[("newer", "old")]["difference"] == pytest.approx(-0.15) and got[("newer", "old")]["ci95"][1] < 0
+    md = render_markdown(c)
+    assert "`newer` minus `new`: +0.050" in md and "`old` minus `newer`: -0.150" in md and "minus `old`" not in md
+    assert parse_pairs([], ["a", "b", "c"]) == [("a", "b"), ("a", "c")]
+    for bad in ("new", "new:nope", "new:new"):
+        with pytest.raises(EvalError, match="--pair"):
+            parse_pairs([bad], list(three))
     psnr = next(r for r in c["rows"] if r["label"].startswith("Rain100L test, PSNR"))
     assert psnr["input"] == 26.9  # one input measured to float precision twice is one input

@@ -234,6 +234,8 @@ def test_quick_report_without_detector(tmp_path, weights, capsys):
     both = cv2.imread(str(tmp_path / "cmp" / SHEET))
     assert both.shape[1] == 3 * round(45 * 320 / 30) + 2 * 6  # rainy | a | b
     assert compare_main(["a=" + str(tmp_path / "none"), "--out", str(tmp_path / "cmp2")]) == 2
+    assert compare_main(["a=" + str(out), "b=" + str(out), "--pair", "a:c", "--out", str(tmp_path / "cmp3")]) == 2
+    assert not (tmp_path / "cmp3").exists()
 
 
 def test_quick_report_missing_shared_and_bad_weights(tmp_path, weights, capsys):
