@@ -3,10 +3,12 @@
 # image): stage 1 is issue 15's broad comparison run (configs/rain-comparison-broad.yaml), stage 2 fine-tunes
 # its final.pt (configs/broad-weights-stage2.yaml) and is shipped as jdnet-lite.broadrain; stage 3 fine-tunes
 # that (configs/stage3-broad.yaml, the control of configs/train_stage3_comparison.sh) and is shipped as
-# jdnet-lite.broadrain-s3, the default; stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
+# jdnet-lite.broadrain-s3 (the default until 2026-12-06); stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
 # jdnet-lite.broadrain-s4; stage 5 deepens stage 3 to jdnet-lite-deep (configs/stage5-deep.yaml), an experiment
 # that lost on held-out rain, run only with STAGE5=1: its weights stay in runs/stage5-deep/ship.pt, not shipped;
-# stage 6 fine-tunes stage 3 like stage 4 on `broad-balanced` rain (configs/stage6-balanced.yaml), run with STAGE6=1.
+# stage 6 fine-tunes stage 3 like stage 4 on `broad-balanced` rain (configs/stage6-balanced.yaml), run with STAGE6=1;
+# stage 8 fine-tunes stage 3 like stage 4 with loss ssim+l1 (configs/stage8-l1.yaml) and is shipped as
+# jdnet-lite.broadrain-s8, the default (its twin with another seed: configs/train_recipe_comparison.sh, STAGE=stage8).
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -28,7 +30,7 @@ stage() {
 }
 stage configs/broad-weights-stage2.yaml "$RUN-broad/final.pt" runs/broad-weights-stage2 "$SHIP" "broad weights" "$@"
 SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
-stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights (the default)" "$@"
+stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights" "$@"
 SHIP4=${SHIP4:-jdnet_plugin/weights/jdnet-lite-broadrain-s4.pt}
 stage configs/stage4-broad.yaml "$SHIP3" runs/stage4-broad "$SHIP4" "stage-4 weights" "$@"
 if [ "${STAGE5:-0}" = 1 ]; then
@@ -38,3 +40,5 @@ if [ "${STAGE6:-0}" = 1 ]; then
   stage configs/stage6-balanced.yaml "$SHIP3" runs/stage6-balanced runs/stage6-balanced/ship.pt \
     "stage-6 weights (broad-balanced rain)" "$@"
 fi
+SHIP8=${SHIP8:-jdnet_plugin/weights/jdnet-lite-broadrain-s8.pt}
+stage configs/stage8-l1.yaml "$SHIP3" runs/stage8-l1 "$SHIP8" "stage-8 weights (the default)" "$@"

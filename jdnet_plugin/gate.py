@@ -23,8 +23,9 @@ import torch.nn.functional as F
 __all__ = ["AUTO_THRESHOLD", "GATE_VERSION", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold",
            "streak_score", "crop_boxes"]
 
-# benchmarks/gate_calibration.py: the threshold of best balanced accuracy for jdnet-lite.broadrain and for
-# jdnet-lite.broadrain-s3 alike (benchmarks/results/gate/); the README's "Rain gate" says what it passes.
+# benchmarks/gate_calibration.py: the threshold of best balanced accuracy for jdnet-lite.broadrain,
+# jdnet-lite.broadrain-s3 and jdnet-lite.broadrain-s8 alike (benchmarks/results/gate/); the README's "Rain gate"
+# says what it passes.
 AUTO_THRESHOLD = 1.25
 GATE_VERSION = 1  # of the score: part of every cache key of gated results; bump when the score changes
 GATE_CROP = 128   # side of the square crops the score is computed on, at the image's own resolution

@@ -163,8 +163,7 @@ register_weights(PretrainedWeights(
     description="jdnet-lite.broadrain fine-tuned 1200 more steps (stage 3: batch 8, 128x128, Adam 1.5e-4, negative "
                 "SSIM, 10 % dry crops) on the same 548 clean photos with the broad rain; no benchmark image "
                 "(configs/train_broad_weights.sh)",
-    aliases=(DEFAULT_WEIGHTS,),
-), preset_default=True)
+))  # the default from 2026-12-05 (second session) to 2026-12-06
 register_weights(PretrainedWeights(
     name="jdnet-lite.broadrain-s4",
     file="jdnet-lite-broadrain-s4.pt",
@@ -174,3 +173,13 @@ register_weights(PretrainedWeights(
                 "negative SSIM, 10 % dry crops, seed 3) on the same 548 clean photos with the broad rain; no "
                 "benchmark image (configs/train_broad_weights.sh); not the default: a tie with stage 3 on held-out rain",
 ))
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s8",
+    file="jdnet-lite-broadrain-s8.pt",
+    sha256="0f86d048ebb92013f2418ff5d8a70b2301d69b6c5359b644f436d9a3ae06b5e2",
+    model="jdnet-lite",
+    description="jdnet-lite.broadrain-s3 fine-tuned 2000 more steps with loss -SSIM + L1 (stage 8: stage 4's recipe, "
+                "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 3) on the same 548 clean photos with the broad "
+                "rain; no benchmark image (configs/train_broad_weights.sh)",
+    aliases=(DEFAULT_WEIGHTS,),
+), preset_default=True)  # the default since 2026-12-06
