@@ -11,16 +11,23 @@ if [ ! -d "$RUN/val/norain" ]; then
   mkdir -p "$RUN/val" && cp -r "$CLEAN/Kodak24" "$RUN/val/norain"
 fi
 # side_by_side PREFIX NAME... [-- TRAIN FLAGS]: train configs/PREFIX-NAME.yaml into runs/PREFIX-NAME/ (log in
-# runs/PREFIX-NAME.log) for every NAME at once, skipping those with a final.pt; rerunning resumes.
+# runs/PREFIX-NAME.log) for every NAME at once, skipping those with a final.pt; rerunning resumes. Fails, after
+# all have ended, naming the runs that failed.
 side_by_side() {
-  local prefix=$1 names=() name
+  local prefix=$1 names=() pids=() failed=() name i
   shift
   while [ $# -gt 0 ] && [ "$1" != -- ]; do names+=("$1"); shift; done
   [ $# -gt 0 ] && shift
+  [ ${#names[@]} -gt 0 ] || { echo "side_by_side $prefix: no run named" >&2; return 2; }
   mkdir -p runs
   for name in "${names[@]}"; do
-    [ -f "runs/$prefix-$name/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/$prefix-$name.yaml" \
-      --data "${DATA[@]}" --val "$RUN/val" --out "runs/$prefix-$name" --no-progress "$@" > "runs/$prefix-$name.log" 2>&1 &
+    if [ -f "runs/$prefix-$name/final.pt" ]; then pids+=(""); continue; fi
+    "$PY" -m jdnet_plugin.train --config "configs/$prefix-$name.yaml" --data "${DATA[@]}" --val "$RUN/val" \
+      --out "runs/$prefix-$name" --no-progress "$@" > "runs/$prefix-$name.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  for i in "${!names[@]}"; do
+    [ -z "${pids[$i]}" ] || wait "${pids[$i]}" || failed+=("runs/$prefix-${names[$i]}.log")
+  done
+  [ ${#failed[@]} -eq 0 ] || { echo "failed (see ${failed[*]})" >&2; return 1; }
 }

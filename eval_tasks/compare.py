@@ -93,6 +93,8 @@ def parse_pairs(specs: Sequence[str], names: Sequence[str]) -> list[tuple[str, s
         base, sep, other = spec.partition(":")
         if not sep or base not in names or other not in names or base == other:
             raise EvalError(f"--pair {spec!r}: expected BASE:OTHER, two different names of {', '.join(names)}")
+        if (base, other) in pairs:
+            raise EvalError(f"--pair {spec!r} given twice")
         pairs.append((base, other))
     return pairs
 
@@ -100,17 +102,18 @@ def parse_pairs(specs: Sequence[str], names: Sequence[str]) -> list[tuple[str, s
 def _paired(reports: dict[str, dict], section: str, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """``other``'s recovered fraction in ``section`` minus ``base``'s for each pair: the paired bootstrap interval
     (:func:`jdnet_plugin.eval_tasks.bootstrap.paired_difference`; ``ci95`` None where the two reports do not
-    hold draws over the same images)."""
+    hold draws over the same images). Pairs where neither report measured ``section`` are left out."""
     out = []
     for base, other in pairs:
         a, b = reports[base].get(section, {}), reports[other].get(section, {})
-        metric = b.get("headline_metric")
-        if "bootstrap" not in a or "bootstrap" not in b or not metric:
+        if a.get("recovered_fraction") is None and b.get("recovered_fraction") is None:
             continue
-        d = paired_difference(a["bootstrap"], b["bootstrap"], metric)
+        metric = b.get("headline_metric")
+        both = "bootstrap" in a and "bootstrap" in b and metric
+        d = paired_difference(a["bootstrap"], b["bootstrap"], metric) if both else None
         out.append({"base": base, "other": other, "ci95": None, "p_b_better": None, "difference": None,
                     "same_images": d is not None} | (d or {}))
-        if d is not None:
+        if d is not None and None not in (a.get("recovered_fraction"), b.get("recovered_fraction")):
             out[-1]["difference"] = b["recovered_fraction"] - a["recovered_fraction"]
     return out
 
@@ -158,7 +161,8 @@ def render_markdown(c: dict[str, Any]) -> str:
             elif d["same_images"]:
                 md.append(f"- {section}: `{n}` against `{b}`: rain cost nothing in most draws; no paired interval")
             else:
-                md.append(f"- {section}: `{n}` and `{b}` were not measured on the same images; no paired interval")
+                md.append(f"- {section}: `{n}` and `{b}` hold no bootstrap draws over the same images; no paired "
+                          "interval")
     md.append("")
     md += [f"- `{n}`: weights `{r['weights']}` (sha256 {r['weights_sha256'][:12]})" + (" QUICK" if r["quick"] else "")
            for n, r in c["reports"].items()]

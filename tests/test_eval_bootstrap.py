@@ -150,8 +150,15 @@ def test_compare_shows_intervals_and_paired_differences(tmp_path):
     md = render_markdown(c)
     assert "`newer` minus `new`: +0.050" in md and "`old` minus `newer`: -0.150" in md and "minus `old`" not in md
     assert parse_pairs([], ["a", "b", "c"]) == [("a", "b"), ("a", "c")]
-    for bad in ("new", "new:nope", "new:new"):
+    for bad in (["new"], ["new:nope"], ["new:new"], ["old:new", "old:new"]):
         with pytest.raises(EvalError, match="--pair"):
-            parse_pairs([bad], list(three))
+            parse_pairs(bad, list(three))
+
+    # a named pair whose base holds no draws is said so, not dropped
+    three["old"]["detection"].pop("bootstrap")
+    c = comparison(three, parse_pairs(["old:new"], list(three)))
+    (d,) = c["paired"]["detection"]
+    assert d["ci95"] is None and d["same_images"] is False and d["difference"] is None
+    assert "`new` and `old` hold no bootstrap draws over the same images" in render_markdown(c)
     psnr = next(r for r in c["rows"] if r["label"].startswith("Rain100L test, PSNR"))
     assert psnr["input"] == 26.9  # one input measured to float precision twice is one input
