@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16, stages 7 and 8: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
-# runs/STAGE-NAME/. Stage 7 (the default): 600 steps from the default, one change each (control, l1, crop248,
-# control-seed8, dry30, l1-seed8), run as three batches: CANDIDATES="control l1 crop248", "control-seed8 dry30",
-# "l1-seed8". Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000 steps with loss ssim+l1, two seeds).
+# runs/STAGE-NAME/. Stage 7 (the default): 600 steps from stage 3, one change each (control, l1, crop248,
+# control-seed8, dry30, l1-seed8, crop176), run as four batches: CANDIDATES="control l1 crop248", "control-seed8
+# dry30", "l1-seed8", "crop176" (alone, with --threads 2). Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000
+# steps with loss ssim+l1, two seeds).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage8] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA, the validation pairs and side_by_side
 STAGE=${STAGE:-stage7}
 case $STAGE in
-  stage7) default="control l1 crop248 control-seed8 dry30 l1-seed8" ;;
+  stage7) default="control l1 crop248 control-seed8 dry30 l1-seed8 crop176" ;;
   stage8) default="l1 l1-seed8" ;;
   *) echo "STAGE must be stage7 or stage8, not '$STAGE'" >&2; exit 2 ;;
 esac
