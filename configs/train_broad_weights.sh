@@ -3,8 +3,8 @@
 # image): stage 1 is issue 15's broad comparison run (configs/rain-comparison-broad.yaml), stage 2 fine-tunes
 # its final.pt (configs/broad-weights-stage2.yaml) and is shipped as jdnet-lite.broadrain; stage 3 fine-tunes
 # that (configs/stage3-broad.yaml, the control of configs/train_stage3_comparison.sh) and is shipped as
-# jdnet-lite.broadrain-s3 (the default until 2026-12-06); stage 4 fine-tunes that (configs/stage4-broad.yaml) and is shipped as
-# jdnet-lite.broadrain-s4; stage 5 deepens stage 3 to jdnet-lite-deep (configs/stage5-deep.yaml), an experiment
+# jdnet-lite.broadrain-s3 (the default until 2026-12-06); stage 4 fine-tunes that (configs/stage4-broad.yaml)
+# and is shipped as jdnet-lite.broadrain-s4; stage 5 deepens stage 3 to jdnet-lite-deep (configs/stage5-deep.yaml), an experiment
 # that lost on held-out rain, run only with STAGE5=1: its weights stay in runs/stage5-deep/ship.pt, not shipped;
 # stage 6 fine-tunes stage 3 like stage 4 on `broad-balanced` rain (configs/stage6-balanced.yaml), run with STAGE6=1;
 # stage 8 fine-tunes stage 3 like stage 4 with loss ssim+l1 (configs/stage8-l1.yaml) and is shipped as
