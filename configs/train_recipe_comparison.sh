@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Issue 16, stages 7 and 8: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
+# Issue 16, stages 7 to 9: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
 # runs/STAGE-NAME/. Stage 7 (the default): 600 steps from stage 3, one change each (control, l1, crop248,
 # control-seed8, dry30, l1-seed8, crop176), run as four batches: CANDIDATES="control l1 crop248", "control-seed8
 # dry30", "l1-seed8", "crop176" (alone, with --threads 2). Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000
-# steps with loss ssim+l1, two seeds).
+# steps with loss ssim+l1, two seeds). Stage 9: STAGE=stage9 (control, wide24: 2000 more steps of stage 8's
+# recipe from stage 8 against jdnet-lite widened to 24 channels for the same wall time).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage8] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -15,7 +16,8 @@ STAGE=${STAGE:-stage7}
 case $STAGE in
   stage7) default="control l1 crop248 control-seed8 dry30 l1-seed8 crop176" ;;
   stage8) default="l1 l1-seed8" ;;
-  *) echo "STAGE must be stage7 or stage8, not '$STAGE'" >&2; exit 2 ;;
+  stage9) default="control wide24" ;;
+  *) echo "STAGE must be stage7, stage8 or stage9, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"

@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .registry import DEFAULT_WEIGHTS, list_weights, resolve_weights
 from .utils.atomic import atomic_torch_save
 
-__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "read_checkpoint", "split_checkpoint",
+__all__ = ["FORMAT", "CheckpointError", "cpu_state_dict", "save_checkpoint", "read_checkpoint", "split_checkpoint",
            "infer_config", "load_state_dict_checked", "load_model"]
 
 FORMAT = "jdnet-plugin/1"
@@ -28,13 +28,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state_dict, detached, on the CPU, without DataParallel's or torch.compile's wrappers."""
+    return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     """Write ``{"format", "config", "model", **extra}`` atomically; ``load_model`` needs no flags for it."""
     model = _unwrap(model)
     if not isinstance(model, JDNet):
         raise TypeError(f"save_checkpoint expects a JDNet, got {type(model).__name__}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"format": FORMAT, "config": model.config.to_dict(), "model": state, **extra}, path)
+    return atomic_torch_save({"format": FORMAT, "config": model.config.to_dict(), "model": cpu_state_dict(model),
+                              **extra}, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

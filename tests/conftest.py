@@ -33,6 +33,26 @@ def weights(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("w") / "w.pt", create_model("jdnet-lite", units=1, scales=1))
 
 
+def randomise_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter and BatchNorm statistic (seeded), so that a wrong copy of any of them shows; eval
+    mode."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture
+def randomise():
+    """:func:`randomise_weights`, for tests that need models whose every weight matters."""
+    return randomise_weights
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -9,26 +9,14 @@ from jdnet_plugin.registry import PretrainedWeights, _WEIGHTS, register_weights,
 TINY = dict(channels=16, units=2, scales=2)
 
 
-def _randomise(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        for m in model.modules():  # non-trivial BatchNorm statistics, so they must load too
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
 def _out(model, x):
     with torch.no_grad():
         return model.eval()(x)
 
 
 @pytest.fixture
-def model():
-    return _randomise(create_model("jdnet", **TINY))
+def model(randomise):
+    return randomise(create_model("jdnet", **TINY))
 
 
 X = torch.rand(1, 3, 11, 9)

@@ -37,3 +37,16 @@ def test_installed_names_do_not_collide(tmp_path):
     none_i, none_e, i_file, c_file = out.stdout.split()
     assert (none_i, none_e) == ("None", "None")
     assert Path(i_file).parent.name == "integrations" and Path(c_file).parent.name == "eval_tasks"
+
+
+def test_every_console_script_has_its_python_m_twin():
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    modules = {p.stem for p in (ROOT / "jdnet_plugin" / "cli").glob("*.py") if not p.stem.startswith("_")}
+    assert {target.split(":")[0].rsplit(".", 1)[1] for target in scripts.values()} == modules
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+        twin = ROOT / "jdnet_plugin" / f"{module.rsplit('.', 1)[1]}.py"
+        assert f"from {module} import main" in twin.read_text(), twin

@@ -309,14 +309,28 @@ def test_init_fine_tunes_from_given_weights_and_refuses_another_architecture(dat
     assert "resumed from 1" in capsys.readouterr().err
     (first / "moved.pt").rename(first / "final.pt")
     assert main(["--data", str(data), "--out", str(tmp_path / "other"), "--steps", "1",
-                 "--init", str(first / "final.pt"), *TINY, "--scales", "2"]) == 2
+                 "--init", str(first / "final.pt"), *TINY, "--scales", "2", "--channels", "20"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "init weights" in err and "'scales': 1" in err and "'scales': 2" in err
+    # refused before any growth: the file's own settings, not a widened copy's
+    assert "widened to" not in err and "'channels': 16" in err and "'channels': 20" in err
     # more units than the init weights: they are deepened (archs.grow.deepen), fewer: refused
     assert main(["--data", str(data), "--out", str(tmp_path / "deeper"), "--steps", "1", "--lr", "1e-12",
                  "--init", str(first / "final.pt"), *TINY, "--units", "2"]) == 0
     assert "deepened to 2" in capsys.readouterr().err
     assert load_model(tmp_path / "deeper" / "final.pt").config.units == 2
+    # more channels: widened (archs.grow.widen), then trained from the same image
+    assert main(["--data", str(data), "--out", str(tmp_path / "wider"), "--steps", "1", "--lr", "1e-12",
+                 "--init", str(first / "final.pt"), *TINY, "--channels", "20"]) == 0
+    assert "widened to 20" in capsys.readouterr().err
+    wider = load_model(tmp_path / "wider" / "final.pt")
+    assert wider.config.channels == 20
+    exit_w, init_w = wider.exitBlock[0].weight, load_model(first / "final.pt").exitBlock[0].weight
+    assert torch.allclose(exit_w[:, :16], init_w, atol=1e-6) and exit_w[:, 16:].abs().max() < 1e-6
+    assert main(["--data", str(data), "--out", str(tmp_path / "too-wide"), "--steps", "1",
+                 "--init", str(first / "final.pt"), *TINY, "--channels", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: init weights") and "weight maps" in err
     assert main(["--data", str(data), "--out", str(tmp_path / "shallower"), "--steps", "1",
                  "--init", str(tmp_path / "deeper" / "final.pt"), *TINY]) == 2
     assert "'units': 2" in capsys.readouterr().err
@@ -415,3 +429,43 @@ def test_every_committed_training_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.steps is None or cfg.steps > 0
     assert cfg.preset in list_models()
+
+
+def test_ema_checkpoints_hold_the_moving_average_and_resume_exactly(data, tmp_path, capsys):
+    args = ["--data", str(data), "--val", str(data), "--steps", "6", "--snapshot-every", "1", "--val-every", "3",
+            "--seed", "3", *TINY]
+    assert main(["--out", str(tmp_path / "plain"), *args]) == 0
+    assert main(["--out", str(tmp_path / "ema"), "--ema-decay", "0.8", *args]) == 0
+    # the trained weights are those of the run without the average; the model is their moving average,
+    # BatchNorm statistics included, starting from the weights after the first step
+    snaps = [torch.load(tmp_path / "plain" / f"step_{i}.pt", weights_only=True)["model"] for i in range(1, 7)]
+    final = torch.load(tmp_path / "ema" / "final.pt", weights_only=True)
+    assert final["ema_updates"] == 6 and final["train_config"]["ema_decay"] == 0.8
+    expected = {k: v.double() for k, v in snaps[0].items() if v.is_floating_point()}
+    for s in snaps[1:]:
+        expected = {k: 0.8 * v + 0.2 * s[k].double() for k, v in expected.items()}
+    for k, v in expected.items():
+        assert torch.allclose(final["train_model"][k].double(), snaps[-1][k].double(), atol=1e-6), k
+        assert torch.allclose(final["model"][k].double(), v, atol=1e-5), k
+    assert not all(torch.allclose(final["model"][k].double(), snaps[-1][k].double(), atol=1e-4) for k in expected)
+    # load_model and validation see the average
+    averaged = load_model(tmp_path / "ema" / "final.pt").state_dict()
+    assert all(torch.equal(averaged[k], final["model"][k]) for k in expected)
+    val = {r["step"]: r["val_psnr"] for r in _log(tmp_path / "ema") if "val_psnr" in r}
+    plain_val = {r["step"]: r["val_psnr"] for r in _log(tmp_path / "plain") if "val_psnr" in r}
+    assert val.keys() == plain_val.keys() == {3, 6} and val[6] != plain_val[6]
+
+    # a run stopped at step 3 resumes the average too: the same final weights
+    out = tmp_path / "ema"
+    (out / "final.pt").unlink()
+    (out / "latest.pt").unlink()
+    (out / "step_3.pt").rename(out / "latest.pt")
+    assert main(["--out", str(out), "--ema-decay", "0.8", *args]) == 0
+    again = torch.load(out / "final.pt", weights_only=True)
+    for k in expected:
+        assert torch.allclose(again["model"][k], final["model"][k], atol=1e-6), k
+        assert torch.allclose(again["train_model"][k], final["train_model"][k], atol=1e-6), k
+    # a run saved without the average does not resume with one
+    capsys.readouterr()
+    assert main(["--out", str(tmp_path / "plain"), "--ema-decay", "0.8", *args]) == 2
+    assert "ema_decay: 0.0 (saved) vs 0.8 (now)" in capsys.readouterr().err

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--patch-size", type=int, help="random crop size")
     a("--loss", metavar="LOSS", help=f"{' | '.join(CHOICES['loss'])}, or a weighted sum such as 'ssim+0.5*l1'")
     a("--lr", type=float, help="Adam learning rate")
+    a("--ema-decay", type=float, metavar="D", help="keep an exponential moving average of the weights (e.g. "
+      "0.999): validation measures it and every checkpoint's model is it (the trained weights: train_model); 0: off")
     a("--device", help="auto | cpu | cuda | cuda:N")
     a("--seed", type=int)
     a("--workers", type=int, help="DataLoader worker processes")

@@ -93,6 +93,7 @@ class TrainConfig:
     lr: float
     milestones: list[float]
     gamma: float
+    ema_decay: float
     # where it runs
     seed: int
     device: str
@@ -214,6 +215,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     _number("lr", cfg.lr, 0, open_low=True)
     _number("gamma", cfg.gamma, 0, open_low=True)
+    _number("ema_decay", cfg.ema_decay, 0, 1)
+    if cfg.ema_decay == 1:
+        raise ConfigError("ema_decay must be below 1 (1 would keep the first weights forever); 0 turns it off")
     _number("clean_fraction", cfg.clean_fraction, 0, 1)
     if cfg.clean_fraction and cfg.synthetic_rain is None and cfg.format != "clean":
         raise ConfigError("clean_fraction needs synthetic_rain (it leaves some clean crops without rain)")

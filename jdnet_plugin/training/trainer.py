@@ -5,7 +5,8 @@ SIGINT/SIGTERM and at the end), ``step_<N>.pt`` snapshots, ``best.pt`` (best val
 ``final.pt``, ``log.jsonl`` (one JSON record per log step / validation / event) and ``tb/`` (TensorBoard).
 Every checkpoint is a :func:`jdnet_plugin.save_checkpoint` file (``load_model`` reads it without flags)
 that also holds what resuming needs: optimiser, scheduler, grad scaler, step, data stream position and
-the RNG states, all loadable with ``torch.load(weights_only=True)``.
+the RNG states, all loadable with ``torch.load(weights_only=True)``. With ``ema_decay`` its model is the
+moving average of the weights, and ``train_model`` holds the weights being trained.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 
-from ..archs.grow import deepen
-from ..checkpoint import load_model, load_state_dict_checked, read_checkpoint, save_checkpoint
+from ..archs.grow import deepen, widen
+from ..checkpoint import cpu_state_dict, load_model, load_state_dict_checked, read_checkpoint, save_checkpoint
 from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
 from ..registry import create_model
@@ -226,6 +228,10 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.ema = None
+        if cfg.ema_decay:  # BatchNorm's statistics are averaged too (use_buffers)
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            self.ema.module.eval()
         amp = cfg.amp
         if amp == "auto":
             amp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
@@ -239,15 +245,26 @@ class Trainer:
     def _load_init(self, source: str) -> None:
         """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
         init = load_model(source)
-        want = self.model.config
-        if init.config.units < want.units and replace(init.config, units=want.units) == want:
-            print(f"init weights {source} have {init.config.units} units; deepened to {want.units} computing the "
-                  "same image (archs.grow.deepen)", file=sys.stderr)
-            init = deepen(init, want.units)
-        if init.config != want:
-            raise ConfigError(f"init weights {source!r} are a model with {init.config.to_dict()}, but this run builds "
+        have, want = init.config, self.model.config
+        derived = dict(rel_planes=None, mid_planes=None, weight_channels=None)
+        growable = (have.channels <= want.channels and have.units <= want.units
+                    and replace(have, channels=want.channels, units=want.units, **derived) == want)
+        if have != want and not growable:
+            raise ConfigError(f"init weights {source!r} are a model with {have.to_dict()}, but this run builds "
                               f"{want.to_dict()} (preset {self.cfg.preset!r}); set --preset and the model settings to "
-                              "match the weights (a run may have more units than its init: it is deepened)")
+                              "match the weights (a run may have more units or channels than its init: it is deepened "
+                              "or widened)")
+        if have.channels < want.channels:
+            try:
+                init = widen(init, want.channels)
+            except ValueError as e:
+                raise ConfigError(f"init weights {source!r}: {e}") from None
+            print(f"init weights {source} have {have.channels} channels; widened to {want.channels} computing the "
+                  "same image (archs.grow.widen)", file=sys.stderr)
+        if have.units < want.units:
+            init = deepen(init, want.units)
+            print(f"init weights {source} have {have.units} units; deepened to {want.units} computing the "
+                  "same image (archs.grow.deepen)", file=sys.stderr)
         self.model.load_state_dict(init.state_dict())
 
     def _resume_path(self) -> Path | None:
@@ -267,7 +284,12 @@ class Trainer:
         if diffs:
             raise ConfigError(f"{self.out} holds a run with other settings ({'; '.join(diffs)}); "
                               "use the same settings to resume, --fresh to start over, or another --out")
-        load_state_dict_checked(self.model, ckpt["model"], str(path))
+        if self.ema is not None:  # the settings agree (above), so the file holds both
+            load_state_dict_checked(self.model, ckpt["train_model"], str(path))
+            load_state_dict_checked(self.ema.module, ckpt["model"], f"{path} (moving average)")
+            self.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+        else:
+            load_state_dict_checked(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty when saved without fp16
@@ -293,18 +315,23 @@ class Trainer:
                      sampler_position=self.sampler_position
                      + (step - self.start_step) * self.cfg.batch_size * self.dist.world_size,
                      world_size=self.dist.world_size, best_psnr=self.best_psnr)
+        if self.ema is not None:
+            extra.update(train_model=cpu_state_dict(self.model),
+                         ema_updates=int(self.ema.n_averaged))
         first = self.out / names[0]
-        save_checkpoint(first, self.model, **extra)
+        save_checkpoint(first, self.inference_model, **extra)
         for name in names[1:]:  # identical content: copy the file atomically rather than serialise again
             atomic_copy(first, self.out / name)
 
     # ---- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean PSNR-Y and SSIM-Y over the validation images (the published convention)."""
+        """Mean PSNR-Y and SSIM-Y of :attr:`inference_model` over the validation images (the published
+        convention)."""
         from ..metrics import psnr, ssim
 
-        self.model.eval()
+        model = self.inference_model
+        model.eval()
         ps, ss, sample = [], [], None
         for i in range(len(self.val_set)):
             item = self.val_set[i]
@@ -312,7 +339,7 @@ class Trainer:
             if self.channels_last:
                 rain = rain.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                pred = self.model(rain)
+                pred = model(rain)
             pred = pred.float().clamp(0, 1)
             ps.append(float(psnr(pred, clean, convention="y")[0]))
             ss.append(float(ssim(pred, clean, convention="y")[0]))
@@ -320,6 +347,11 @@ class Trainer:
                 sample = torch.cat([rain[0].float(), pred[0], clean[0]], dim=-1).cpu()
         self.model.train()
         return {"val_psnr": float(np.mean(ps)), "val_ssim": float(np.mean(ss)), "sample": sample}
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """What validation measures and checkpoints hold as their model: the moving average when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -442,6 +474,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             step += 1
             loss_sum += loss.detach()
             loss_n += 1
