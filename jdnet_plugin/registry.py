@@ -181,5 +181,14 @@ register_weights(PretrainedWeights(
     description="jdnet-lite.broadrain-s3 fine-tuned 2000 more steps with loss -SSIM + L1 (stage 8: stage 4's recipe, "
                 "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 3) on the same 548 clean photos with the broad "
                 "rain; no benchmark image (configs/train_broad_weights.sh)",
+))  # the default on 2026-12-06, from the fourth session to the fifth
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s9",
+    file="jdnet-lite-broadrain-s9.pt",
+    sha256="cf50b14d3b3fa45dd967990e98c1cb4ad0c66b3d55d56c7fcf73a93bb702e815",
+    model="jdnet-lite",
+    description="jdnet-lite.broadrain-s8 fine-tuned 2000 more steps with stage 8's recipe (stage 9: loss -SSIM + L1, "
+                "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 9) on the same 548 clean photos with the broad "
+                "rain; no benchmark image (configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
-), preset_default=True)  # the default since 2026-12-06
+), preset_default=True)  # the default since 2026-12-06 (fifth session)
