@@ -62,7 +62,8 @@ def _blocks(n: int, old: int, new: int) -> torch.Tensor:
 def _channel_maps(old: JDNetConfig, new: JDNetConfig) -> list[tuple[re.Pattern, torch.Tensor, torch.Tensor]]:
     """(key pattern, output map, input map) for every tensor of ``old``: where each trained channel goes."""
     c, r, m = torch.arange(old.channels), torch.arange(old.rel_planes), torch.arange(old.mid_planes)
-    h, s, two, rgb = torch.arange(old.channels // 2), torch.arange(old.weight_channels), torch.arange(2), torch.arange(3)
+    h, s = torch.arange(old.channels // 2), torch.arange(old.weight_channels)
+    two, rgb = torch.arange(2), torch.arange(3)
     unit = r"derain_net\.units\.\d+\."
     rules = [
         (r"enterBlock\.0\.", c, rgb),
