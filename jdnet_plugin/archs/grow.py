@@ -21,7 +21,7 @@ import torch
 
 from .jdnet_arch import JDNet, JDNetConfig
 
-__all__ = ["deepen", "widen"]
+__all__ = ["deepen", "widen", "widened_config"]
 
 
 def deepen(model: JDNet, units: int) -> JDNet:
@@ -88,6 +88,11 @@ def _channel_maps(old: JDNetConfig, new: JDNetConfig) -> list[tuple[re.Pattern, 
             for p, o, i in rules]
 
 
+def widened_config(cfg: JDNetConfig, channels: int) -> JDNetConfig:
+    """``cfg`` with ``channels`` and the attention planes derived from them, as :func:`widen` builds it."""
+    return replace(cfg, channels=channels, rel_planes=None, mid_planes=None, weight_channels=None)
+
+
 def widen(model: JDNet, channels: int) -> JDNet:
     """A copy of ``model`` with ``channels`` feature channels (at least as many as it has; the attention's
     relation and value planes grow with them as the config derives them, its weight maps must stay as many)
@@ -95,7 +100,7 @@ def widen(model: JDNet, channels: int) -> JDNet:
     cfg = model.config
     if channels < cfg.channels:
         raise ValueError(f"widen: the model has {cfg.channels} channels; cannot widen it to {channels}")
-    new_cfg = replace(cfg, channels=channels, rel_planes=None, mid_planes=None, weight_channels=None)
+    new_cfg = widened_config(cfg, channels)
     if new_cfg.rel_planes < cfg.rel_planes or new_cfg.mid_planes < cfg.mid_planes:
         raise ValueError(f"widen: the model's attention planes ({cfg.rel_planes}, {cfg.mid_planes}) are more than "
                          f"{channels} channels derive ({new_cfg.rel_planes}, {new_cfg.mid_planes})")

@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 
-from ..archs.grow import deepen, widen
+from ..archs.grow import deepen, widen, widened_config
 from ..checkpoint import cpu_state_dict, load_model, load_state_dict_checked, read_checkpoint, save_checkpoint
 from ..data import PairedAugment, collate, make_dataset
 from ..losses import build_loss
@@ -246,9 +246,8 @@ class Trainer:
         """Start from the weights ``source`` (a fine-tune); a later resume overwrites them."""
         init = load_model(source)
         have, want = init.config, self.model.config
-        derived = dict(rel_planes=None, mid_planes=None, weight_channels=None)
         growable = (have.channels <= want.channels and have.units <= want.units
-                    and replace(have, channels=want.channels, units=want.units, **derived) == want)
+                    and replace(widened_config(have, want.channels), units=want.units) == want)
         if have != want and not growable:
             raise ConfigError(f"init weights {source!r} are a model with {have.to_dict()}, but this run builds "
                               f"{want.to_dict()} (preset {self.cfg.preset!r}); set --preset and the model settings to "
