@@ -12,7 +12,16 @@ from .archs import JDNet
 from .checkpoint import load_model
 from .errors import CheckpointError
 
-__all__ = ["average_state_dicts", "average_models"]
+__all__ = ["check_coefficients", "average_state_dicts", "average_models"]
+
+
+def check_coefficients(coefficients: Sequence[float] | None, count: int) -> list[float]:
+    """``coefficients`` as floats (default: ``count`` ones); ``ValueError`` unless there is one finite,
+    non-negative coefficient per source, not all zero."""
+    coefs = [1.0] * count if coefficients is None else [float(w) for w in coefficients]
+    if len(coefs) != count or not all(math.isfinite(w) and w >= 0 for w in coefs) or sum(coefs) <= 0:
+        raise ValueError(f"need one finite, non-negative coefficient per source ({count}), not all zero; got {coefs}")
+    return coefs
 
 
 def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]],
@@ -21,10 +30,7 @@ def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]],
     equal); other tensors (BatchNorm's step counters) are taken from the first. Keys and shapes must agree."""
     if not states:
         raise ValueError("nothing to average: no state_dicts given")
-    coefs = [1.0] * len(states) if coefficients is None else [float(w) for w in coefficients]
-    if len(coefs) != len(states) or not all(math.isfinite(w) and w >= 0 for w in coefs) or sum(coefs) <= 0:
-        raise ValueError(f"need one finite, non-negative coefficient per state_dict ({len(states)}), not all zero; "
-                         f"got {coefs}")
+    coefs = check_coefficients(coefficients, len(states))
     first = states[0]
     for i, s in enumerate(states[1:], 1):
         if set(s) != set(first):

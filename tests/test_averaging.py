@@ -84,4 +84,5 @@ def test_cli_errors_name_the_problem(tiny, tmp_path, capsys):
         assert main([*argv, "--out", str(tmp_path / "o.pt")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, (argv, err)
+        assert ("--coefficients" in err) == ("--coefficients" in argv), (argv, err)
     assert not (tmp_path / "o.pt").exists()

@@ -26,6 +26,17 @@ def _gradients(r: torch.Tensor) -> tuple[float, float]:
     return float((r[:, 1:] - r[:, :-1]).abs().mean()), float((r[1:] - r[:-1]).abs().mean())
 
 
+def _correlation_along(layers: list[torch.Tensor], dy: int, dx: int) -> float:
+    """Mean over rain layers of each one's highest correlation with itself shifted by ``dy`` rows and at most
+    ``dx`` columns either way (streaks lean), or by ``dx`` columns alone where ``dy`` is 0."""
+    shifts = [(dy, s) for s in range(-dx, dx + 1)] if dy else [(0, dx)]
+
+    def best(r: torch.Tensor) -> float:
+        return max(float(torch.corrcoef(torch.stack([r.flatten(), torch.roll(r, s, (0, 1)).flatten()]))[0, 1])
+                   for s in shifts)
+    return float(np.mean([best(r) for r in layers]))
+
+
 @pytest.fixture()
 def streak_dir(tmp_path, monkeypatch):
     """A folder of two grey streak images: thin vertical lines on black."""
@@ -142,3 +153,11 @@ def test_missing_streak_images_fail_before_any_work(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DatasetError, match="streak images"):
         make_dataset(tmp_path, patch_size=8, synthetic_rain="broad")
+
+
+def test_long_streaks_are_longer_and_drops_wider():
+    """`long`: streaks that stay correlated far along their direction; `drops`: blobs wider than fine streaks."""
+    x = torch.full((3, 320, 480), 0.3)
+    layers = {n: [(add_rain(x, n, seed=s) - x).mean(0) for s in range(3)] for n in ("long", "streaks", "drops")}
+    assert _correlation_along(layers["long"], 60, 20) > _correlation_along(layers["streaks"], 60, 20) + 0.2
+    assert _correlation_along(layers["drops"], 0, 2) > _correlation_along(layers["streaks"], 0, 2) + 0.2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..averaging import average_models
+from ..averaging import average_models, check_coefficients
 from ..checkpoint import save_checkpoint, weights_file
 from ._common import CLIError, run_cli
 
@@ -21,7 +21,8 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jdnet_plugin.average", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", help="checkpoint paths or registered weights names (at least two)")
     p.add_argument("--out", required=True, type=Path, help="the checkpoint to write")
     p.add_argument("--coefficients", type=float, nargs="+", metavar="C",
@@ -32,12 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if len(args.sources) < 2:
         raise CLIError("give at least two checkpoints to average")
-    coefs = args.coefficients or [1.0] * len(args.sources)
     try:
-        model = average_models(args.sources, coefs)
+        coefs = check_coefficients(args.coefficients, len(args.sources))
     except ValueError as e:
         raise CLIError(f"--coefficients: {e}") from None
+    # Each source resolved once (a shipped file checksummed once); later errors name the resolved file.
     files = [str(weights_file(s)) for s in args.sources]
+    model = average_models(files, coefs)
     save_checkpoint(args.out, model, averaged_from=files, average_coefficients=coefs)
     print(f"{args.out}: the average of {len(files)} checkpoints")
     return 0
