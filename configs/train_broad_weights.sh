@@ -9,8 +9,10 @@
 # stage 6 fine-tunes stage 3 like stage 4 on `broad-balanced` rain (configs/stage6-balanced.yaml), run with STAGE6=1;
 # stage 8 fine-tunes stage 3 like stage 4 with loss ssim+l1 (configs/stage8-l1.yaml) and is shipped as
 # jdnet-lite.broadrain-s8 (its twin with another seed: configs/train_recipe_comparison.sh, STAGE=stage8); stage 9
-# fine-tunes stage 8 with the same recipe (configs/stage9-control.yaml) and is shipped as jdnet-lite.broadrain-s9,
-# the default (its equal-time rival, widened to 24 channels: configs/train_recipe_comparison.sh, STAGE=stage9).
+# fine-tunes stage 8 with the same recipe (configs/stage9-control.yaml) and is shipped as jdnet-lite.broadrain-s9
+# (its equal-time rival, widened to 24 channels: configs/train_recipe_comparison.sh, STAGE=stage9); stage 10
+# fine-tunes stage 9 with the same recipe on broad-long rain (configs/stage10-long.yaml) and is shipped as
+# jdnet-lite.broadrain-s10, the default (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10).
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -45,4 +47,6 @@ fi
 SHIP8=${SHIP8:-jdnet_plugin/weights/jdnet-lite-broadrain-s8.pt}
 stage configs/stage8-l1.yaml "$SHIP3" runs/stage8-l1 "$SHIP8" "stage-8 weights" "$@"
 SHIP9=${SHIP9:-jdnet_plugin/weights/jdnet-lite-broadrain-s9.pt}
-stage configs/stage9-control.yaml "$SHIP8" runs/stage9-control "$SHIP9" "stage-9 weights (the default)" "$@"
+stage configs/stage9-control.yaml "$SHIP8" runs/stage9-control "$SHIP9" "stage-9 weights" "$@"
+SHIP10=${SHIP10:-jdnet_plugin/weights/jdnet-lite-broadrain-s10.pt}
+stage configs/stage10-long.yaml "$SHIP9" runs/stage10-long "$SHIP10" "stage-10 weights (the default)" "$@"

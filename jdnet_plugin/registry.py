@@ -190,5 +190,14 @@ register_weights(PretrainedWeights(
     description="jdnet-lite.broadrain-s8 fine-tuned 2000 more steps with stage 8's recipe (stage 9: loss -SSIM + L1, "
                 "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 9) on the same 548 clean photos with the broad "
                 "rain; no benchmark image (configs/train_broad_weights.sh)",
+))  # the default on 2026-12-06, from the fifth session to the sixth
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s10",
+    file="jdnet-lite-broadrain-s10.pt",
+    sha256="4990506fc083637a406a052d0124bf2860ae786c057a4a507749a55dd38c0bf5",
+    model="jdnet-lite",
+    description="jdnet-lite.broadrain-s9 fine-tuned 1800 more steps with stage 8's recipe on broad-long rain (stage 10: "
+                "broad plus long faint streaks and drops; loss -SSIM + L1, batch 8, 128x128, Adam 1.5e-4, 10 % dry "
+                "crops, seed 10) on the same 548 clean photos; no benchmark image (configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
-), preset_default=True)  # the default since 2026-12-06 (fifth session)
+), preset_default=True)  # the default since 2026-12-06 (sixth session)

@@ -1,4 +1,5 @@
-"""The benchmark scripts' own arithmetic: the FLOP count behind the FLOP-limit ratio, the machine record."""
+"""The benchmark scripts' own arithmetic: the FLOP count behind the FLOP-limit ratio, the machine record, the rain
+layer and streak-residue measures."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _results  # noqa: E402
 import flop_limit  # noqa: E402
 import rain_layer_stats  # noqa: E402
+import streak_residue  # noqa: E402
 
 
 def test_network_flops_match_the_paper_model():
@@ -42,3 +44,13 @@ def test_rain_layer_stats_tell_one_orientation_from_several():
     crossed = np.maximum(one, one.T)
     assert rain_layer_stats.layer_stats(crossed)[2] < 0.1
     assert rain_layer_stats.layer_stats(-one)[3] == pytest.approx(1 / 8)
+
+
+def test_streak_residue_tells_steps_across_streaks_from_steps_along_them():
+    import torch
+    img = torch.zeros(1, 3, 20, 30)
+    img[..., ::3] = 1.0  # white vertical lines on every third column
+    across, along = streak_residue.steps(img, (0, 0, 30, 20))
+    assert across == pytest.approx(255 * 2 / 3, rel=0.05) and along == 0
+    assert streak_residue.steps(img.transpose(2, 3), (0, 0, 20, 30)) == pytest.approx((0, across))
+    assert streak_residue.steps(img, (1, 0, 3, 20)) == (0, 0)  # a box of two dark columns: no step

@@ -1,0 +1,54 @@
+"""Streaks left on real rainy photos (no ground truth): the mean step between horizontally neighbouring pixels
+(across near-vertical streaks) and between vertically neighbouring ones (along them: texture) of the luminance
+(x 255), in a crop, for the rainy photo and each weights file. Fewer streaks left: a smaller first number with
+the second kept.
+
+    python benchmarks/streak_residue.py --weights default runs/x/final.pt [--photos 50 90] [--box 300 0 480 200]
+
+The README's stage-10 row on the trees of real_rainy/50.png and 90.png is this command's default.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jdnet_plugin import load_model  # noqa: E402
+from jdnet_plugin.io import read_rgb, to_tensor  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rainy"
+
+
+def steps(img: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[float, float]:
+    """Mean |horizontal| and |vertical| luminance step (x 255) of ``img`` ``(1, 3, H, W)`` in ``box``
+    ``(x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = box
+    r, g, b = img[0, :, y0:y1, x0:x1].double()
+    lum = 0.299 * r + 0.587 * g + 0.114 * b
+    return float(255 * lum.diff(dim=1).abs().mean()), float(255 * lum.diff(dim=0).abs().mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", nargs="+", default=["default"])
+    ap.add_argument("--photos", nargs="+", default=["50", "90"], help="stems of ../shared/data/real_rainy/*.png")
+    ap.add_argument("--box", nargs=4, type=int, default=[300, 0, 480, 200], metavar=("X0", "Y0", "X1", "Y1"))
+    ap.add_argument("--real", type=Path, default=REAL)
+    args = ap.parse_args()
+    models = {w: load_model(w) for w in args.weights}
+    print("| photo | rainy | " + " | ".join(args.weights) + " |")
+    print("|---" * (len(args.weights) + 2) + "|")
+    for stem in args.photos:
+        x = to_tensor(read_rgb(args.real / f"{stem}.png"))[None]
+        cells = [steps(x, tuple(args.box))]
+        with torch.no_grad():
+            cells += [steps(m(x).clamp(0, 1), tuple(args.box)) for m in models.values()]
+        print(f"| {stem}.png | " + " | ".join(f"{h:.2f} / {v:.2f}" for h, v in cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
