@@ -5,7 +5,9 @@ the second kept.
 
     python benchmarks/streak_residue.py --weights default runs/x/final.pt [--photos 50 90] [--box 300 0 480 200]
 
-The README's stage-10 row on the trees of real_rainy/50.png and 90.png is this command's default.
+The README's stage-10 row (the trees of real_rainy/50.png and 90.png, the default photos and box) is
+``--weights jdnet-lite.broadrain-s9 runs/stage10-control/final.pt jdnet-lite.broadrain-s10``
+(benchmarks/results/stage10/streak_residue.md).
 """
 from __future__ import annotations
 
