@@ -5,7 +5,8 @@
 # dry30", "l1-seed8", "crop176" (alone, with --threads 2). Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000
 # steps with loss ssim+l1, two seeds). Stage 9: STAGE=stage9 (control, wide24: 2000 more steps of stage 8's
 # recipe from stage 8 against jdnet-lite widened to 24 channels for the same wall time). Stage 10: STAGE=stage10
-# (control, long: 1800 more steps of the recipe from stage 9 on `broad` and on `broad-long` rain).
+# (control, long: 1800 more steps of the recipe from stage 9 on `broad` and on `broad-long` rain; long-seed11, alone
+# with --threads 2: `long` with another seed).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage10] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
