@@ -19,8 +19,9 @@ from _results import ROOT  # also puts the repo on sys.path
 
 from jdnet_plugin.io import read_rgb
 from jdnet_plugin.rain import add_rain
+from jdnet_plugin.utils import color
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = np.array(color.LUMA, np.float32)
 
 
 def layer_stats(layer: np.ndarray) -> tuple[float, float, float, float]:

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.io import read_rgb, to_tensor  # noqa: E402
+from jdnet_plugin.utils.color import luma  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rainy"
 
@@ -28,8 +29,7 @@ def steps(img: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[float, flo
     """Mean |horizontal| and |vertical| luminance step (x 255) of ``img`` ``(1, 3, H, W)`` in ``box``
     ``(x0, y0, x1, y1)``."""
     x0, y0, x1, y1 = box
-    r, g, b = img[0, :, y0:y1, x0:x1].double()
-    lum = 0.299 * r + 0.587 * g + 0.114 * b
+    lum = luma(img[0, :, y0:y1, x0:x1].double())[0]
     return float(255 * lum.diff(dim=1).abs().mean()), float(255 * lum.diff(dim=0).abs().mean())
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .utils.color import luma
+
 __all__ = ["AUTO_THRESHOLD", "GATE_VERSION", "GATE_CROP", "GATE_CROPS", "GateSpec", "GateStats", "gate_threshold",
            "streak_score", "crop_boxes"]
 
@@ -31,7 +33,6 @@ GATE_VERSION = 1  # of the score: part of every cache key of gated results; bump
 GATE_CROP = 128   # side of the square crops the score is computed on, at the image's own resolution
 GATE_CROPS = 6    # crops per image, spread over a grid
 _WINDOW = 9       # structure tensor window (pixels)
-_LUMA = (0.299, 0.587, 0.114)
 
 GateSpec = str | float | int | None
 
@@ -72,8 +73,7 @@ def _box(t: torch.Tensor, k: int) -> torch.Tensor:
 def streak_score(rainy: torch.Tensor, derained: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W)`` pairs in [0, 1] -> ``(N,)``: the streak-shaped light the derainer removed (module
     docstring), in 1/255 of luma."""
-    luma = torch.tensor(_LUMA, dtype=rainy.dtype, device=rainy.device).view(1, 3, 1, 1)
-    rain = ((rainy - derained) * luma).sum(1, keepdim=True).clamp_(min=0)
+    rain = luma(rainy - derained).clamp_(min=0)
     if min(rain.shape[-2:]) < 3:
         return rain.flatten(1).mean(1) * 255
     gx = (rain[..., 1:-1, 2:] - rain[..., 1:-1, :-2])

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gate import GateSpec, GateStats, crop_boxes, gate_threshold, streak_score
+from .utils.color import luma
 
 __all__ = ["MAX_PIXELS", "MEMORY_BUDGET", "OVERLAP", "DTYPES", "default_max_pixels", "derain_tensor", "tile_layout",
            "tile_starts", "balanced_tile", "tile_weights", "derain", "get_model", "rain_score", "gated"]
@@ -275,16 +276,13 @@ def get_model(weights: str | os.PathLike | None = None, device: str | torch.devi
     return _cached_model(str(weights if weights is not None else DEFAULT_WEIGHTS), str(device))
 
 
-_LUMA = (0.299, 0.587, 0.114)  # BT.601, as OpenCV's RGB2GRAY
-
-
 def _derain_channels(model: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
     """``(B, C, H, W)`` float in [0, 1], C in 1 (gray), 3 (RGB), 4 (RGBA) -> same layout, derained."""
     c = x.shape[1]
     rgb = x[:, :3] if c >= 3 else x.expand(-1, 3, -1, -1)
     y = derain_tensor(model, rgb, **kw).to(x.dtype)
     if c == 1:
-        y = (y * torch.tensor(_LUMA, dtype=y.dtype, device=y.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        y = luma(y)
     elif c == 4:
         y = torch.cat([y, x[:, 3:]], dim=1)
     return y
