@@ -1,7 +1,9 @@
 """Streaks left on real rainy photos (no ground truth): the mean step between horizontally neighbouring pixels
 (across near-vertical streaks) and between vertically neighbouring ones (along them: texture) of the luminance
 (x 255), in a crop, for the rainy photo and each weights file. Fewer streaks left: a smaller first number with
-the second kept.
+the second kept. Then the lines that run the crop's height: the column means' deviation from their smoothed
+course (std x 255) and its skewness (> 0: bright lines stand out, < 0: dark ones; a derainer that removes only
+the bright part of a streak leaves dark lines).
 
     python benchmarks/streak_residue.py --weights default runs/x/final.pt [--photos 50 90] [--box 300 0 480 200]
 
@@ -33,6 +35,19 @@ def steps(img: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[float, flo
     return float(255 * lum.diff(dim=1).abs().mean()), float(255 * lum.diff(dim=0).abs().mean())
 
 
+def lines(img: torch.Tensor, box: tuple[int, int, int, int], sigma: float = 3.0) -> tuple[float, float]:
+    """Std (x 255) and skewness of the column means of the luminance of ``img`` ``(1, 3, H, W)`` in ``box``
+    minus their Gaussian-smoothed course (``sigma`` columns): vertical lines as long as the box is high."""
+    x0, y0, x1, y1 = box
+    profile = luma(img[0, :, y0:y1, x0:x1].double())[0].mean(0)
+    r = int(3 * sigma)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    padded = torch.nn.functional.pad(profile[None, None], (r, r), mode="replicate")
+    dev = profile - torch.nn.functional.conv1d(padded, (k / k.sum())[None, None])[0, 0]
+    std = float(dev.std(correction=0))
+    return 255 * std, float((dev ** 3).mean() / std ** 3) if std > 0 else 0.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", nargs="+", default=["default"])
@@ -41,14 +56,17 @@ def main() -> int:
     ap.add_argument("--real", type=Path, default=REAL)
     args = ap.parse_args()
     models = {w: load_model(w) for w in args.weights}
-    print("| photo | rainy | " + " | ".join(args.weights) + " |")
-    print("|---" * (len(args.weights) + 2) + "|")
+    box = tuple(args.box)
+    print("| photo | figure | rainy | " + " | ".join(args.weights) + " |")
+    print("|---" * (len(args.weights) + 3) + "|")
     for stem in args.photos:
         x = to_tensor(read_rgb(args.real / f"{stem}.png"))[None]
-        cells = [steps(x, tuple(args.box))]
         with torch.no_grad():
-            cells += [steps(m(x).clamp(0, 1), tuple(args.box)) for m in models.values()]
-        print(f"| {stem}.png | " + " | ".join(f"{h:.2f} / {v:.2f}" for h, v in cells) + " |")
+            images = [x] + [m(x).clamp(0, 1) for m in models.values()]
+        print(f"| {stem}.png | step across / along | "
+              + " | ".join("{:.2f} / {:.2f}".format(*steps(y, box)) for y in images) + " |")
+        print(f"| {stem}.png | lines: std / skew | "
+              + " | ".join("{:.2f} / {:+.2f}".format(*lines(y, box)) for y in images) + " |")
     return 0
 
 

@@ -54,3 +54,18 @@ def test_streak_residue_tells_steps_across_streaks_from_steps_along_them():
     assert across == pytest.approx(255 * 2 / 3, rel=0.05) and along == 0
     assert streak_residue.steps(img.transpose(2, 3), (0, 0, 20, 30)) == pytest.approx((0, across))
     assert streak_residue.steps(img, (1, 0, 3, 20)) == (0, 0)  # a box of two dark columns: no step
+
+
+def test_streak_residue_lines_tell_bright_lines_from_dark_ones():
+    import torch
+    grey = torch.full((1, 3, 20, 40), 0.5)
+    bright, dark = grey.clone(), grey.clone()
+    bright[..., 5::10] = 0.7  # a bright line every tenth column, the height of the box
+    dark[..., 5::10] = 0.3
+    std, skew = streak_residue.lines(bright, (0, 0, 40, 20))
+    assert std > 10 and skew > 1
+    assert streak_residue.lines(dark, (0, 0, 40, 20)) == pytest.approx((std, -skew))
+    assert streak_residue.lines(grey, (0, 0, 40, 20)) == (0.0, 0.0)
+    broken = bright.clone()
+    broken[..., ::2, :] = 0.5  # dashes: half as strong in the column means
+    assert streak_residue.lines(broken, (0, 0, 40, 20))[0] == pytest.approx(std / 2, rel=0.01)

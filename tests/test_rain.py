@@ -168,6 +168,11 @@ def test_load_presets_roundtrip(tmp_path):
     f.write_text(yaml.safe_dump({"bad": {"layers": [], "fog": 1}}))
     with pytest.raises(ValueError, match="p.yaml.*fog"):
         load_presets(f)
+    f.write_text(yaml.safe_dump({"sharp": {"mix": {"light": 1}, "camera": {"sharpen": [0, 2]}}}))
+    assert dict(load_presets(f)["sharp"].camera) == {"sharpen": (0.0, 2.0)}
+    f.write_text(yaml.safe_dump({"bad": {"mix": {"light": 1}, "camera": {"sharpn": 1}}}))
+    with pytest.raises(ValueError, match="p.yaml.*sharpn"):
+        load_presets(f)
 
 
 def test_transform_module_rains_on_images_only():

@@ -113,6 +113,36 @@ def test_camera_noise_on_both_jpeg_on_rainy_only():
     assert torch.equal(rainy, target) and not torch.equal(target, x)
 
 
+def test_camera_sharpening_gives_streaks_dark_flanks_on_both_images():
+    grey = torch.full((3, 64, 64), 0.4)
+    line = RainParams(layers=(StreakLayer(density=0.002, length=40, width=1.0, brightness=0.3),), blend="add")
+    plain, _ = add_rain_pair(grey, line, seed=0)
+    sharp, target = add_rain_pair(grey, dataclasses.replace(line, camera=Camera(sharpen=1.0)), seed=0)
+    assert plain.min() >= 0.4 - 1e-6  # rain alone only brightens
+    assert sharp.min() < 0.4 - 0.05 and sharp.max() > plain.max()  # sharpened: dark flanks, brighter cores
+    assert torch.allclose(target, grey)  # a flat image has nothing to sharpen
+    x = _scene()
+    rainy, target = add_rain_pair(x, RainParams(layers=(), camera=Camera(sharpen=1.5, sharpen_sigma=(0.6, 1.4))),
+                                  seed=0)
+    assert torch.equal(rainy, target) and (target - x).abs().max() > 0.005  # the clean target is sharpened alike
+    assert Camera(sharpen_sigma=1.0).scaled(2.0).sharpen_sigma == 2.0
+    with pytest.raises(ValueError, match="sharpen"):
+        Camera(sharpen=-1)
+
+
+def test_mixture_camera_replaces_the_drawn_presets_camera_fields():
+    g = make_generator(0)
+    over_long = Mixture(("long",), camera=(("sharpen", (0.5, 1.0)),))
+    cam = over_long.draw(g).camera
+    assert cam.sharpen == (0.5, 1.0) and cam.jpeg == PRESETS["long"].camera.jpeg  # the others kept
+    assert Mixture(("light",), camera=(("sharpen", 1),)).draw(g).camera == Camera(sharpen=1.0)  # none: one made
+    with pytest.raises(TypeError, match="sharpn"):
+        Mixture(("light",), camera=(("sharpn", 1),))
+    sharp = PRESETS["broad-sharp"]
+    assert sharp.choices == ("broad-long",) and all(d.camera.sharpen == (0.0, 1.5) for d in
+                                                     (sharp.draw(g) for _ in range(20)))
+
+
 def test_probability_blend_and_mixture_weights():
     x = _scene()
     absent = RainParams(layers=(StreakLayer(density=0.01, p=0.0),), noise_layers=(NoiseStreaks(p=0.0),))

@@ -169,19 +169,24 @@ class Haze:
 @dataclass(frozen=True)
 class Camera:
     """What the camera adds after the rain: slight blur of the whole frame, sensor noise (Gaussian,
-    signal-dependent), JPEG compression. Blur and noise are applied to the clean target as well (the
-    derainer should remove rain, not the camera's noise); JPEG only to the rainy image."""
+    signal-dependent), sharpening (an unsharp mask, as phone and camera pipelines apply: bright streaks get
+    dark flanks), JPEG compression. Blur, noise and sharpening are applied to the clean target as well (the
+    derainer should remove rain, not the camera's doing); JPEG only to the rainy image."""
 
     blur: Range = 0.0            # Gaussian sigma of the frame, per image
     noise: Range = 0.0           # noise std at mid-grey, per image
+    sharpen: Range = 0.0         # unsharp-mask amount (0: none), per image
+    sharpen_sigma: Range = 1.0   # Gaussian sigma of the unsharp mask, per image
     jpeg: Range = 100.0          # JPEG quality (100: none), per image
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_fields(self, {"blur": (0.0, 10.0), "noise": (0.0, 0.5), "jpeg": (1.0, 100.0)})
+        _check_fields(self, {"blur": (0.0, 10.0), "noise": (0.0, 0.5), "sharpen": (0.0, 5.0),
+                             "sharpen_sigma": (0.1, 10.0), "jpeg": (1.0, 100.0)})
 
     def scaled(self, factor: float) -> "Camera":
-        return dataclasses.replace(self, blur=_scale(self.blur, factor))
+        return dataclasses.replace(self, blur=_scale(self.blur, factor),
+                                   sharpen_sigma=_scale(self.sharpen_sigma, factor))
 
 
 BLENDS = ("screen", "add", "either")
@@ -240,10 +245,15 @@ class RainParams:
 
 @dataclass(frozen=True)
 class Mixture:
-    """A preset that is one of several named presets per image, chosen with the given weights."""
+    """A preset that is one of several named presets (mixtures too) per image, chosen with the given weights.
+
+    ``camera``: :class:`Camera` fields that replace those of the drawn preset's camera (a preset without a
+    camera gets one of these fields alone): one camera setting, such as sharpening, over every kind of rain.
+    """
 
     choices: tuple[str, ...]
     weights: tuple[float, ...] = ()
+    camera: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.choices:
@@ -251,8 +261,11 @@ class Mixture:
         weights = tuple(float(w) for w in self.weights) or (1.0,) * len(self.choices)
         if len(weights) != len(self.choices) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"mixture weights {self.weights!r} do not match its presets {self.choices!r}")
+        camera = dict(self.camera)
+        checked = dataclasses.asdict(Camera(**camera))  # unknown fields and bad ranges fail here
         object.__setattr__(self, "choices", tuple(self.choices))
         object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "camera", tuple((k, checked[k]) for k in sorted(camera)))
 
     def draw(self, generator: Any) -> RainParams:
         """The preset for one image, drawn from ``generator`` (a ``torch.Generator``)."""
@@ -263,7 +276,11 @@ class Mixture:
         else:
             w = torch.tensor(self.weights, dtype=torch.float64, device=generator.device)
             i = int(torch.multinomial(w, 1, generator=generator))
-        return resolve_preset(self.choices[i]).draw(generator)
+        params = resolve_preset(self.choices[i]).draw(generator)
+        if self.camera:
+            params = dataclasses.replace(params, camera=dataclasses.replace(params.camera or Camera(),
+                                                                            **dict(self.camera)))
+        return params
 
     def scaled(self, factor: float) -> "_ScaledMixture":
         return _ScaledMixture(self, factor)
@@ -301,9 +318,11 @@ def _preset(spec: Any) -> "RainParams | Mixture":
     if not isinstance(spec, dict):
         raise ValueError(f"a preset must be a mapping, got {spec!r}")
     if "mix" in spec:
-        if set(spec) != {"mix"} or not isinstance(spec["mix"], dict):
-            raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}}}, got {spec!r}")
-        return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()))
+        if not set(spec) <= {"mix", "camera"} or not isinstance(spec["mix"], dict) \
+                or not isinstance(spec.get("camera", {}), dict):
+            raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}, camera: {{...}}}} (camera "
+                             f"optional), got {spec!r}")
+        return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()), tuple(spec.get("camera", {}).items()))
     return RainParams.from_dict(spec)
 
 
@@ -332,6 +351,8 @@ def preset_digest(preset: "str | RainParams | Mixture") -> str:
     """A short hash of a preset's parameters (a mixture's choices included): an edited preset gets another."""
     import hashlib
 
-    p = resolve_preset(preset)
-    text = "\n".join([repr(p), *(repr(resolve_preset(c)) for c in getattr(p, "choices", ()))])
+    def described(p: "RainParams | Mixture") -> list[str]:  # a mixture with its choices, nested ones too
+        return [repr(p), *(line for c in getattr(p, "choices", ()) for line in described(resolve_preset(c)))]
+
+    text = "\n".join(described(resolve_preset(preset)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -5,9 +5,9 @@ kernel (length, width, direction) and blurs the result; convolution is circular,
 stationary and streaks crossing an edge re-enter at the opposite one. Noise-seeded and image-based
 layers come from :mod:`jdnet_plugin.rain.sources`. Layers are combined with a screen blend
 ``1 - (1 - I)(1 - R)`` (rain only brightens, never saturates past white) or by clipped addition, over
-the image veiled by ``I t + A (1 - t)`` when the parameters ask for haze; camera blur, noise and JPEG
-come last. :func:`add_rain_pair` also gives the training target: the clean image through the same
-camera blur and noise.
+the image veiled by ``I t + A (1 - t)`` when the parameters ask for haze; camera blur, noise, sharpening and
+JPEG come last. :func:`add_rain_pair` also gives the training target: the clean image through the same
+camera blur, noise and sharpening.
 """
 from __future__ import annotations
 
@@ -133,20 +133,28 @@ def _haze(img: torch.Tensor, haze: Haze, g: torch.Generator) -> torch.Tensor:
 
 def _camera(rainy: torch.Tensor, clean: torch.Tensor, cam: Camera, g: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame blur and sensor noise on both images (the same noise field), JPEG on the rainy one."""
-    from torchvision.transforms.v2.functional import gaussian_blur
-
+    """Frame blur, sensor noise (the same field) and sharpening on both images, JPEG on the rainy one."""
     blur, noise, quality = (draw_value(v, g) for v in (cam.blur, cam.noise, cam.jpeg))
     if blur > 0.05:
-        k = 2 * math.ceil(3 * blur) + 1
-        rainy, clean = (gaussian_blur(x[None], [k, k], [blur, blur])[0] for x in (rainy, clean))
+        rainy, clean = (_gaussian(x, blur) for x in (rainy, clean))
     if noise > 0:  # signal-dependent: std = noise at mid-grey, sqrt(0.2) of it at black
         field = torch.randn(rainy.shape, generator=g, device=g.device).to(rainy)
         rainy, clean = ((x + noise * field * (0.2 + 1.6 * x.clamp(0, 1)).sqrt()).clamp(0, 1)
                         for x in (rainy, clean))
+    amount = draw_value(cam.sharpen, g)  # a fixed 0 draws nothing: older presets keep their random stream
+    if amount > 0:
+        sigma = draw_value(cam.sharpen_sigma, g)
+        rainy, clean = ((x + amount * (x - _gaussian(x, sigma))).clamp(0, 1) for x in (rainy, clean))
     if quality < 100:
         rainy = _jpeg(rainy, int(round(quality)))
     return rainy, clean
+
+
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    k = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(x[None], [k, k], [sigma, sigma])[0]
 
 
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -206,7 +214,8 @@ def _rain_batch(x: torch.Tensor, preset: "str | RainParams", g: torch.Generator)
 def add_rain_pair(image: torch.Tensor, preset: "str | RainParams" = "light", seed: int | None = None,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rainy, target)`` for a float ``(3, H, W)`` or ``(B, 3, H, W)`` tensor in [0, 1]: the target is
-    ``image`` through the same camera blur and noise as the rainy image (``image`` itself without a camera)."""
+    ``image`` through the same camera blur, noise and sharpening as the rainy image (``image`` itself without a
+    camera)."""
     if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.ndim not in (3, 4):
         raise TypeError("add_rain_pair expects a float (C, H, W) or (B, C, H, W) tensor in [0, 1]")
     batch = image if image.ndim == 4 else image[None]
