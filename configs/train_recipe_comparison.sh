@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16, stages 7 to 11: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
+# Issue 16, stages 7 to 12: recipe candidates (configs/STAGE-NAME.yaml) side by side, one thread each, into
 # runs/STAGE-NAME/. Stage 7 (the default): 600 steps from stage 3, one change each (control, l1, crop248,
 # control-seed8, dry30, l1-seed8, crop176), run as four batches: CANDIDATES="control l1 crop248", "control-seed8
 # dry30", "l1-seed8", "crop176" (alone, with --threads 2). Stage 8: STAGE=stage8 (l1, l1-seed8: stage 4's 2000
@@ -7,7 +7,8 @@
 # recipe from stage 8 against jdnet-lite widened to 24 channels for the same wall time). Stage 10: STAGE=stage10
 # (control, long: 1800 more steps of the recipe from stage 9 on `broad` and on `broad-long` rain; long-seed11, alone
 # with --threads 2: `long` with another seed). Stage 11: STAGE=stage11 (control, sharp: 1500 more steps of stage
-# 10's recipe from stage 10 on `broad-long` and on `broad-sharp`, the same rain through a sharpening camera).
+# 10's recipe from stage 10 on `broad-long` and on `broad-sharp`, the same rain through a sharpening camera). Stage
+# 12: STAGE=stage12 (slant: stage 11's control on `broad-slant`, that control its own).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -22,7 +23,8 @@ case $STAGE in
   stage9) default="control wide24" ;;
   stage10) default="control long" ;;
   stage11) default="control sharp" ;;
-  *) echo "STAGE must be stage7, stage8, stage9, stage10 or stage11, not '$STAGE'" >&2; exit 2 ;;
+  stage12) default="slant" ;;
+  *) echo "STAGE must be stage7 to stage12, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"

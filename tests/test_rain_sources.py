@@ -135,7 +135,7 @@ def test_mixture_camera_replaces_the_drawn_presets_camera_fields():
     over_long = Mixture(("long",), camera=(("sharpen", (0.5, 1.0)),))
     cam = over_long.draw(g).camera
     assert cam.sharpen == (0.5, 1.0) and cam.jpeg == PRESETS["long"].camera.jpeg  # the others kept
-    assert Mixture(("light",), camera=(("sharpen", 1),)).draw(g).camera == Camera(sharpen=1.0)  # none: one made
+    assert Mixture(("light",), camera={"sharpen": 1}).draw(g).camera == Camera(sharpen=1.0)  # none: one made
     with pytest.raises(TypeError, match="sharpn"):
         Mixture(("light",), camera=(("sharpn", 1),))
     sharp = PRESETS["broad-sharp"]
@@ -191,3 +191,19 @@ def test_long_streaks_are_longer_and_drops_wider():
     layers = {n: [(add_rain(x, n, seed=s) - x).mean(0) for s in range(3)] for n in ("long", "streaks", "drops")}
     assert _correlation_along(layers["long"], 60, 20) > _correlation_along(layers["streaks"], 60, 20) + 0.2
     assert _correlation_along(layers["drops"], 0, 2) > _correlation_along(layers["streaks"], 0, 2) + 0.2
+
+
+def test_slant_streaks_run_along_their_lean():
+    """`slant` leaned 45 degrees (its widest is 50): streaks correlated 30 rows along the diagonal, not upright."""
+    slant = PRESETS["slant"]
+    lean = dataclasses.replace(slant, layers=(dataclasses.replace(slant.layers[0], angle=45.0, angle_jitter=0.0),),
+                               camera=None)
+    x = torch.full((3, 160, 240), 0.2)
+    layers = [(add_rain(x, lean, seed=s) - x).mean(0) for s in range(3)]
+
+    def corr(dy: int, dx: int) -> float:
+        return float(np.mean([float(torch.corrcoef(torch.stack([r.flatten(), torch.roll(r, (dy, dx), (0, 1))
+                                                                .flatten()]))[0, 1]) for r in layers]))
+    along = max(corr(30, 30), corr(30, -30))
+    assert along > corr(30, 0) + 0.2 and along > 0.2
+    assert abs(slant.layers[0].angle[0]) >= 45 and slant.layers[0].angle[1] >= 45

@@ -247,13 +247,14 @@ class RainParams:
 class Mixture:
     """A preset that is one of several named presets (mixtures too) per image, chosen with the given weights.
 
-    ``camera``: :class:`Camera` fields that replace those of the drawn preset's camera (a preset without a
-    camera gets one of these fields alone): one camera setting, such as sharpening, over every kind of rain.
+    ``camera``: :class:`Camera` fields (a mapping, kept as sorted pairs) that replace those of the drawn
+    preset's camera (a preset without a camera gets one of these fields alone): one camera setting, such as
+    sharpening, over every kind of rain.
     """
 
     choices: tuple[str, ...]
     weights: tuple[float, ...] = ()
-    camera: tuple[tuple[str, Any], ...] = ()
+    camera: "tuple[tuple[str, Any], ...] | dict[str, Any]" = ()
 
     def __post_init__(self) -> None:
         if not self.choices:
