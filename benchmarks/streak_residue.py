@@ -37,16 +37,17 @@ def steps(img: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[float, flo
 
 def lines(img: torch.Tensor, box: tuple[int, int, int, int], sigma: float = 3.0) -> tuple[float, float]:
     """Std (x 255) and skewness of the column means of the luminance of ``img`` ``(1, 3, H, W)`` in ``box``
-    minus their Gaussian-smoothed course (``sigma`` columns, smoothed over the whole width so that the box's
-    edges add nothing): vertical lines as long as the box is high."""
+    minus their Gaussian-smoothed course (``sigma`` columns, smoothed over the photo's whole width: only the
+    photo's own edges are padded): vertical lines as long as the box is high."""
     x0, y0, x1, y1 = box
     profile = luma(img[0, :, y0:y1].double())[0].mean(0)
     r = int(4 * sigma)
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
     padded = torch.nn.functional.pad(profile[None, None], (r, r), mode="reflect")
     dev = (profile - torch.nn.functional.conv1d(padded, (k / k.sum())[None, None])[0, 0])[x0:x1]
+    dev = dev - dev.mean()
     std = float(dev.std(correction=0))
-    return 255 * std, float((dev ** 3).mean() / std ** 3) if std > 0 else 0.0
+    return (255 * std, float((dev ** 3).mean() / std ** 3)) if std > 1e-9 else (0.0, 0.0)
 
 
 def main() -> int:

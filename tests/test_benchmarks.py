@@ -66,6 +66,8 @@ def test_streak_residue_lines_tell_bright_lines_from_dark_ones():
     assert std > 10 and skew > 1
     assert streak_residue.lines(dark, (0, 0, 40, 20)) == pytest.approx((std, -skew))
     assert streak_residue.lines(grey, (0, 0, 40, 20)) == (0.0, 0.0)
+    ramp = torch.linspace(0, 1, 60).expand(1, 3, 20, 60).clone()  # a smooth course, no lines: nothing inside
+    assert streak_residue.lines(ramp, (20, 0, 40, 20))[0] < 1e-3  # (smoothed in the box alone: about 1)
     broken = bright.clone()
     broken[..., ::2, :] = 0.5  # dashes: half as strong in the column means
     assert streak_residue.lines(broken, (0, 0, 40, 20))[0] == pytest.approx(std / 2, rel=0.01)

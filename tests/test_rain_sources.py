@@ -130,6 +130,19 @@ def test_camera_sharpening_gives_streaks_dark_flanks_on_both_images():
         Camera(sharpen=-1)
 
 
+def test_presets_without_sharpening_draw_the_rain_they_drew_before_it():
+    """Sums of rainy image and target for seed 5, as drawn before `Camera.sharpen` existed (commit 2093403):
+    presets whose camera does not sharpen consume the random stream as before."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(96, 96), mode="bilinear")[0]
+    x = x * 0.5 + 0.1
+    before = {"veil": (17032.153529495, 9050.698210425675), "long": (9546.80807043612, 9053.757993675768),
+              "heavy": (17056.797217845917, 9051.830197125673)}
+    for name, sums in before.items():
+        rainy, target = add_rain_pair(x, name, seed=5)
+        assert (float(rainy.double().sum()), float(target.double().sum())) == pytest.approx(sums, rel=1e-5), name
+
+
 def test_mixture_camera_replaces_the_drawn_presets_camera_fields():
     g = make_generator(0)
     over_long = Mixture(("long",), camera=(("sharpen", (0.5, 1.0)),))
@@ -141,6 +154,8 @@ def test_mixture_camera_replaces_the_drawn_presets_camera_fields():
     sharp = PRESETS["broad-sharp"]
     assert sharp.choices == ("broad-long",) and all(d.camera.sharpen == (0.0, 1.5) for d in
                                                      (sharp.draw(g) for _ in range(20)))
+    outer = Mixture(("broad-sharp",), camera={"sharpen": 0.5}).draw(g).camera  # nested: the outer mixture wins
+    assert outer.sharpen == 0.5 and outer.sharpen_sigma == (0.6, 1.4)
 
 
 def test_probability_blend_and_mixture_weights():

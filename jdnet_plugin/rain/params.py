@@ -182,7 +182,7 @@ class Camera:
 
     def __post_init__(self) -> None:
         _check_fields(self, {"blur": (0.0, 10.0), "noise": (0.0, 0.5), "sharpen": (0.0, 5.0),
-                             "sharpen_sigma": (0.1, 10.0), "jpeg": (1.0, 100.0)})
+                             "sharpen_sigma": (0.05, float("inf")), "jpeg": (1.0, 100.0)})
 
     def scaled(self, factor: float) -> "Camera":
         return dataclasses.replace(self, blur=_scale(self.blur, factor),
