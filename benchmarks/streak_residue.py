@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jdnet_plugin import load_model  # noqa: E402
@@ -41,10 +42,8 @@ def lines(img: torch.Tensor, box: tuple[int, int, int, int], sigma: float = 3.0)
     photo's own edges are padded): vertical lines as long as the box is high."""
     x0, y0, x1, y1 = box
     profile = luma(img[0, :, y0:y1].double())[0].mean(0)
-    r = int(4 * sigma)
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
-    padded = torch.nn.functional.pad(profile[None, None], (r, r), mode="reflect")
-    dev = (profile - torch.nn.functional.conv1d(padded, (k / k.sum())[None, None])[0, 0])[x0:x1]
+    course = gaussian_blur(profile.view(1, 1, 1, -1), [2 * int(4 * sigma) + 1, 1], [sigma, sigma])[0, 0, 0]
+    dev = (profile - course)[x0:x1]
     dev = dev - dev.mean()
     std = float(dev.std(correction=0))
     return (255 * std, float((dev ** 3).mean() / std ** 3)) if std > 1e-9 else (0.0, 0.0)
