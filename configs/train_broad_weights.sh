@@ -12,7 +12,9 @@
 # fine-tunes stage 8 with the same recipe (configs/stage9-control.yaml) and is shipped as jdnet-lite.broadrain-s9
 # (its equal-time rival, widened to 24 channels: configs/train_recipe_comparison.sh, STAGE=stage9); stage 10
 # fine-tunes stage 9 with the same recipe on broad-long rain (configs/stage10-long.yaml) and is shipped as
-# jdnet-lite.broadrain-s10, the default (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10).
+# jdnet-lite.broadrain-s10, the default (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10);
+# stage 12 fine-tunes stage 10 on broad-slant rain (configs/stage12-slant.yaml) and is shipped as
+# jdnet-lite.broadrain-s12, not the default (it lost CamVid recovery; its control: STAGE=stage11 there).
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -50,3 +52,5 @@ SHIP9=${SHIP9:-jdnet_plugin/weights/jdnet-lite-broadrain-s9.pt}
 stage configs/stage9-control.yaml "$SHIP8" runs/stage9-control "$SHIP9" "stage-9 weights" "$@"
 SHIP10=${SHIP10:-jdnet_plugin/weights/jdnet-lite-broadrain-s10.pt}
 stage configs/stage10-long.yaml "$SHIP9" runs/stage10-long "$SHIP10" "stage-10 weights (the default)" "$@"
+SHIP12=${SHIP12:-jdnet_plugin/weights/jdnet-lite-broadrain-s12.pt}
+stage configs/stage12-slant.yaml "$SHIP10" runs/stage12-slant "$SHIP12" "stage-12 weights (broad-slant rain)" "$@"

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Issue 15's equal-time comparison: jdnet-lite trained on the old `mixed` rain and on the new `broad` rain,
-# same clean images (all of ../shared/data/clean but Kodak24), same recipe and steps, run side by side with
-# one thread each so that both get the same machine for the same wall time. Rerunning resumes.
-# Usage: bash configs/train_rain_comparison.sh [extra train flags for both runs]
+# Issue 15's equal-time comparison: jdnet-lite from scratch on the old `mixed` rain and on the new broad rain, same
+# clean images (all of ../shared/data/clean but Kodak24), same recipe and steps, run side by side with one thread
+# each so that both get the same machine for the same wall time. Rerunning resumes.
+#   round 1 (default): configs/rain-comparison-{mixed,broad}.yaml (negative SSIM, 96x96 crops) into
+#     runs/rain-comparison-{mixed,broad}/
+#   ROUND=l1: configs/rain-comparison-l1-{mixed,broad-long}.yaml (ssim+l1, 128x128 crops) into
+#     runs/rain-comparison-l1-{mixed,broad-long}/
+# Usage: [ROUND=l1] bash configs/train_rain_comparison.sh [extra train flags for both runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation pairs
-mkdir -p "$(dirname "$RUN")"
-for rain in mixed broad; do
-  [ -f "$RUN-$rain/final.pt" ] || "$PY" -m jdnet_plugin.train --config "configs/rain-comparison-$rain.yaml" \
-    --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-$rain" --no-progress "$@" > "$RUN-$rain.log" 2>&1 &
-done
-wait
-echo "done: $RUN-mixed/final.pt $RUN-broad/final.pt"
+source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA, the validation pairs and side_by_side
+case ${ROUND:-1} in
+  1) side_by_side rain-comparison mixed broad -- "$@" ;;
+  l1) side_by_side rain-comparison-l1 mixed broad-long -- "$@" ;;
+  *) echo "ROUND must be 1 or l1, not '$ROUND'" >&2; exit 2 ;;
+esac
+echo "done"

@@ -80,8 +80,8 @@ def test_create_model_pretrained_loads_the_presets_shipped_weights(preset):
     assert all(torch.equal(v, default[k]) for k, v in model.state_dict().items())
     for name in shipped:  # every tag by its full name; without pretrained, the same architecture, random weights
         assert name.startswith(preset + ".")
-        tagged = create_model(name, pretrained=True).state_dict()
-        assert all(torch.equal(v, jdnet_plugin.load_model(name).state_dict()[k]) for k, v in tagged.items())
+        tagged, loaded = create_model(name, pretrained=True).state_dict(), jdnet_plugin.load_model(name).state_dict()
+        assert tagged.keys() == loaded.keys() and all(torch.equal(v, loaded[k]) for k, v in tagged.items())
         assert create_model(name).config == model.config
     with pytest.raises(ValueError, match="overrides"):
         create_model(preset, pretrained=True, units=model.config.units + 1)

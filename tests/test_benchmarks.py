@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -71,3 +72,11 @@ def test_streak_residue_lines_tell_bright_lines_from_dark_ones():
     broken = bright.clone()
     broken[..., ::2, :] = 0.5  # dashes: half as strong in the column means
     assert streak_residue.lines(broken, (0, 0, 40, 20))[0] == pytest.approx(std / 2, rel=0.01)
+
+
+def test_streak_residue_zoom_magnifies_the_box_of_each_image_side_by_side():
+    a = torch.arange(20.0).view(1, 1, 4, 5).expand(1, 3, 4, 5)
+    out = streak_residue.zoom([a, a + 100], (1, 1, 3, 3), scale=2)
+    assert out.shape == (3, 4, 8)
+    assert out[0, :, :4].tolist() == [[6, 6, 7, 7]] * 2 + [[11, 11, 12, 12]] * 2
+    assert torch.equal(out[:, :, 4:], out[:, :, :4] + 100)
