@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--zoom", type=Path, help="write the magnified boxes here (JPEG or PNG)")
     ap.add_argument("--scale", type=int, default=2)
     args = ap.parse_args()
+    if args.scale < 1:
+        ap.error(f"--scale must be at least 1, not {args.scale}")
     rows = []
     models = {w: load_model(w) for w in args.weights}
     box = tuple(args.box)
@@ -77,7 +79,7 @@ def main() -> int:
     print("|---" * (len(args.weights) + 3) + "|")
     for stem in args.photos:
         x = to_tensor(read_rgb(args.real / f"{stem}.png"))[None]
-        if box[2] > x.shape[-1] or box[3] > x.shape[-2] or box[0] >= box[2] or box[1] >= box[3]:
+        if min(box) < 0 or box[2] > x.shape[-1] or box[3] > x.shape[-2] or box[0] + 1 >= box[2] or box[1] + 1 >= box[3]:
             ap.error(f"--box {box} does not fit {args.real / stem}.png ({x.shape[-1]}x{x.shape[-2]})")
         with torch.no_grad():
             images = [x] + [m(x).clamp(0, 1) for m in models.values()]

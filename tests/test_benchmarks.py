@@ -76,7 +76,7 @@ def test_streak_residue_lines_tell_bright_lines_from_dark_ones():
 
 def test_streak_residue_zoom_magnifies_the_box_of_each_image_side_by_side():
     a = torch.arange(20.0).view(1, 1, 4, 5).expand(1, 3, 4, 5)
-    out = streak_residue.zoom([a, a + 100], (1, 1, 3, 3), scale=2)
-    assert out.shape == (3, 4, 8)
-    assert out[0, :, :4].tolist() == [[6, 6, 7, 7]] * 2 + [[11, 11, 12, 12]] * 2
-    assert torch.equal(out[:, :, 4:], out[:, :, :4] + 100)
+    out = streak_residue.zoom([a, a + 100], (1, 0, 4, 2), scale=2)  # x 1-3, y 0-1
+    assert out.shape == (3, 4, 12)
+    assert out[0, :, :6].tolist() == [[1, 1, 2, 2, 3, 3]] * 2 + [[6, 6, 7, 7, 8, 8]] * 2
+    assert torch.equal(out[:, :, 6:], out[:, :, :6] + 100)
