@@ -14,7 +14,8 @@
 # fine-tunes stage 9 with the same recipe on broad-long rain (configs/stage10-long.yaml) and is shipped as
 # jdnet-lite.broadrain-s10, the default (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10);
 # stage 12 fine-tunes stage 10 on broad-slant rain (configs/stage12-slant.yaml) and is shipped as
-# jdnet-lite.broadrain-s12, not the default (it lost CamVid recovery; its control: STAGE=stage11 there).
+# jdnet-lite.broadrain-s12, not the default (it lost CamVid recovery; its control: STAGE=stage11 there); stage 13,
+# the average of the weights of stages 10 and 12, is shipped as jdnet-lite.broadrain-s13, the default.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -23,16 +24,20 @@ source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA and the validation
 SHIP=${SHIP:-jdnet_plugin/weights/jdnet-lite-broadrain.pt}
 [ -f "$RUN-broad/final.pt" ] || "$PY" -m jdnet_plugin.train --config configs/rain-comparison-broad.yaml \
   --data "${DATA[@]}" --val "$RUN/val" --out "$RUN-broad" --no-progress "$@"
-# A fine-tuning stage: train CONFIG from INIT into OUT unless OUT/final.pt exists, then ship its final.pt as SHIP:
-# the model alone (no optimiser; no selection on validation), and print its sha256.
+# ship SRC SHIP LABEL: write SRC's model alone (no optimiser) as SHIP and print its sha256.
+ship() {
+  "$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
+    "$1" "$2"
+  echo "$3: $2 (sha256 $(sha256sum "$2" | cut -c1-64))"
+}
+# A fine-tuning stage: train CONFIG from INIT into OUT unless OUT/final.pt exists, then ship its final.pt as SHIP
+# (no selection on validation).
 stage() {
   local config=$1 init=$2 out=$3 ship=$4 label=$5
   shift 5
   [ -f "$out/final.pt" ] || "$PY" -m jdnet_plugin.train --config "$config" --init "$init" --data "${DATA[@]}" \
     --val "$RUN/val" --out "$out" --no-progress "$@"
-  "$PY" -c "import sys; from jdnet_plugin import load_model, save_checkpoint; save_checkpoint(sys.argv[2], load_model(sys.argv[1]))" \
-    "$out/final.pt" "$ship"
-  echo "$label: $ship (sha256 $(sha256sum "$ship" | cut -c1-64))"
+  ship "$out/final.pt" "$ship" "$label"
 }
 stage configs/broad-weights-stage2.yaml "$RUN-broad/final.pt" runs/broad-weights-stage2 "$SHIP" "broad weights" "$@"
 SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
@@ -51,6 +56,9 @@ stage configs/stage8-l1.yaml "$SHIP3" runs/stage8-l1 "$SHIP8" "stage-8 weights" 
 SHIP9=${SHIP9:-jdnet_plugin/weights/jdnet-lite-broadrain-s9.pt}
 stage configs/stage9-control.yaml "$SHIP8" runs/stage9-control "$SHIP9" "stage-9 weights" "$@"
 SHIP10=${SHIP10:-jdnet_plugin/weights/jdnet-lite-broadrain-s10.pt}
-stage configs/stage10-long.yaml "$SHIP9" runs/stage10-long "$SHIP10" "stage-10 weights (the default)" "$@"
+stage configs/stage10-long.yaml "$SHIP9" runs/stage10-long "$SHIP10" "stage-10 weights" "$@"
 SHIP12=${SHIP12:-jdnet_plugin/weights/jdnet-lite-broadrain-s12.pt}
 stage configs/stage12-slant.yaml "$SHIP10" runs/stage12-slant "$SHIP12" "stage-12 weights (broad-slant rain)" "$@"
+SHIP13=${SHIP13:-jdnet_plugin/weights/jdnet-lite-broadrain-s13.pt}
+"$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP12" --out runs/stage13-average.pt
+ship runs/stage13-average.pt "$SHIP13" "stage-13 weights (the average of stages 10 and 12, the default)"

@@ -199,8 +199,7 @@ register_weights(PretrainedWeights(
     description="jdnet-lite.broadrain-s9 fine-tuned 1800 more steps with stage 8's recipe on broad-long rain (stage 10: "
                 "broad plus long faint streaks and drops; loss -SSIM + L1, batch 8, 128x128, Adam 1.5e-4, 10 % dry "
                 "crops, seed 10) on the same 548 clean photos; no benchmark image (configs/train_broad_weights.sh)",
-    aliases=(DEFAULT_WEIGHTS,),
-), preset_default=True)  # the default since 2026-12-06 (sixth session)
+))  # the default on 2026-12-06, from the sixth session to the eighth
 register_weights(PretrainedWeights(
     name="jdnet-lite.broadrain-s12",
     file="jdnet-lite-broadrain-s12.pt",
@@ -211,3 +210,13 @@ register_weights(PretrainedWeights(
                 "slanted streaks than the default, gives back 0.035 less of CamVid's lost mIoU; not the default "
                 "(configs/train_broad_weights.sh)",
 ))
+register_weights(PretrainedWeights(
+    name="jdnet-lite.broadrain-s13",
+    file="jdnet-lite-broadrain-s13.pt",
+    sha256="3f2fc8c08208f6e864054c7976ac3c8603605d99a9ccb0cbe143152a6213c166",
+    model="jdnet-lite",
+    description="the average of the weights of jdnet-lite.broadrain-s10 and jdnet-lite.broadrain-s12 (stage 13: "
+                "python -m jdnet_plugin.average; stage 10's figures on held-out benchmark rain, fewer of real photos' "
+                "long and slanted streaks left); no benchmark image (configs/train_broad_weights.sh)",
+    aliases=(DEFAULT_WEIGHTS,),
+), preset_default=True)  # the default since 2026-12-06 (eighth session)
