@@ -12,7 +12,7 @@
 # fine-tunes stage 8 with the same recipe (configs/stage9-control.yaml) and is shipped as jdnet-lite.broadrain-s9
 # (its equal-time rival, widened to 24 channels: configs/train_recipe_comparison.sh, STAGE=stage9); stage 10
 # fine-tunes stage 9 with the same recipe on broad-long rain (configs/stage10-long.yaml) and is shipped as
-# jdnet-lite.broadrain-s10, the default (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10);
+# jdnet-lite.broadrain-s10, the default before stage 13 (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10);
 # stage 12 fine-tunes stage 10 on broad-slant rain (configs/stage12-slant.yaml) and is shipped as
 # jdnet-lite.broadrain-s12, not the default (it lost CamVid recovery; its control: STAGE=stage11 there); stage 13,
 # the average of the weights of stages 10 and 12, is shipped as jdnet-lite.broadrain-s13, the default.

@@ -207,8 +207,8 @@ register_weights(PretrainedWeights(
     model="jdnet-lite",
     description="jdnet-lite.broadrain-s10 fine-tuned 1500 more steps with its recipe on broad-slant rain (stage 12: "
                 "broad-long plus dense, thin, slanted long streaks; seed 12); removes more of real photos' dense "
-                "slanted streaks than the default, gives back 0.035 less of CamVid's lost mIoU; not the default "
-                "(configs/train_broad_weights.sh)",
+                "slanted streaks than jdnet-lite.broadrain-s10, gives back 0.035 less of CamVid's lost mIoU; not the "
+                "default, one of its two ingredients (configs/train_broad_weights.sh)",
 ))
 register_weights(PretrainedWeights(
     name="jdnet-lite.broadrain-s13",
