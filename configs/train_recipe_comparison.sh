@@ -8,7 +8,8 @@
 # (control, long: 1800 more steps of the recipe from stage 9 on `broad` and on `broad-long` rain; long-seed11, alone
 # with --threads 2: `long` with another seed). Stage 11: STAGE=stage11 (control, sharp: 1500 more steps of stage
 # 10's recipe from stage 10 on `broad-long` and on `broad-sharp`, the same rain through a sharpening camera). Stage
-# 12: STAGE=stage12 (slant: stage 11's control on `broad-slant`, that control its own).
+# 12: STAGE=stage12 (slant: stage 11's control on `broad-slant`, that control its own; slant-seed13: its second
+# seed, run with CANDIDATES=slant-seed13).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
