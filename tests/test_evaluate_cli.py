@@ -45,7 +45,7 @@ def test_identity_model_scores_like_the_input(dataset, tmp_path, capsys):
                "--save-images", str(saved), "--device", "cpu"])
     assert rc == 0
     doc = json.loads(out_json.read_text())
-    assert doc["pairs"] == 3 and len(doc["images"]) == 3
+    assert doc["pairs"] == 3 and len(doc["images"]) == 3 and doc["self_ensemble"] == "off"
     expected = np.mean([float(psnr(read_rgb(dataset / "rain" / f"rain-{i:03d}.png"),
                                    read_rgb(dataset / "norain" / f"norain-{i:03d}.png"))) for i in range(1, 4)])
     assert doc["mean"]["input"]["psnr_y"] == pytest.approx(expected, abs=1e-6)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..checkpoint import CheckpointError, load_model
+from ..ensemble import FLIPS, FlipEnsemble
 from ..errors import UnknownNameError
 from ..inference import DTYPES, MAX_PIXELS, OVERLAP
 from ..registry import DEFAULT_WEIGHTS
@@ -35,6 +36,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
       help=f"pixels per forward call before tiling kicks in (default: {MAX_PIXELS}, or fewer for models that "
            "would need more than about 2 GB for that)")
     a("--batch-size", type=int, default=4, metavar="N", help="images, frames or tiles per forward call")
+    a("--self-ensemble", choices=("off", *FLIPS), default="off",
+      help="average the model over mirrored copies: h (left-right, 2x the time) or hv (also upside down, 4x)")
 
 
 def device_from_args(args: argparse.Namespace, local_rank: int = 0) -> torch.device:
@@ -49,13 +52,15 @@ def device_from_args(args: argparse.Namespace, local_rank: int = 0) -> torch.dev
 
 
 def model_from_args(args: argparse.Namespace, device: torch.device | None = None):
-    """The model of ``--weights`` on ``device``. A command owns its process, so on the CPU it also keeps freed
-    heap memory for reuse (:func:`jdnet_plugin.utils.host_memory.keep_freed_memory`), which a library call
-    never does by itself."""
+    """The model of ``--weights`` on ``device``, in a :class:`FlipEnsemble` with ``--self-ensemble``. A command
+    owns its process, so on the CPU it also keeps freed heap memory for reuse
+    (:func:`jdnet_plugin.utils.host_memory.keep_freed_memory`), which a library call never does by itself."""
     device = device or device_from_args(args)
     if device.type == "cpu":
         keep_freed_memory()
-    return load_model(args.weights or DEFAULT_WEIGHTS, device=device)
+    model = load_model(args.weights or DEFAULT_WEIGHTS, device=device)
+    flips = getattr(args, "self_ensemble", "off")
+    return model if flips == "off" else FlipEnsemble(model, flips)
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict:

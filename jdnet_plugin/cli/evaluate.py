@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     print("Y: published-table convention (8-bit BT.601 Y); RGB: the JDNet authors' (see docs/evaluation.md)")
 
     if args.json is not None:
-        doc = {"data": str(args.data), "weights": args.weights or "default", "pairs": len(rows), "failed": failed,
+        doc = {"data": str(args.data), "weights": args.weights or "default", "self_ensemble": args.self_ensemble,
+               "pairs": len(rows), "failed": failed,
                "mean": means,
                "images": [{**r, "input": {k: _finite(v) for k, v in r["input"].items()},
                            "derained": {k: _finite(v) for k, v in r["derained"].items()}} for r in rows]}
