@@ -21,11 +21,12 @@ def _passes(flips: str) -> tuple[tuple[int, ...], ...]:
 
 def flip_ensemble(model: nn.Module, x: torch.Tensor, flips: str = "h") -> torch.Tensor:
     """Mean of ``model`` on ``x`` ``(B, C, H, W)`` and on its mirrorings, each output mirrored back."""
+    passes = _passes(flips)
     out = None
-    for dims in _passes(flips):
+    for dims in passes:
         y = model(x.flip(dims)).flip(dims) if dims else model(x)
         out = y if out is None else out + y
-    return out / len(FLIPS[flips])
+    return out / len(passes)
 
 
 class FlipEnsemble(nn.Module):
