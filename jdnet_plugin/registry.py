@@ -134,89 +134,80 @@ def resolve_weights(name: str) -> Path:
     return path
 
 
+def _shipped(name: str, sha256: str, description: str, aliases: tuple[str, ...] = (),
+             preset_default: bool = False) -> None:
+    """Register the shipped file ``weights/PRESET-TAG.pt`` as the weights ``name`` = ``"PRESET.TAG"``."""
+    preset, _, tag = name.partition(".")
+    register_weights(PretrainedWeights(name, f"{preset}-{tag}.pt", sha256, preset, description, aliases=aliases),
+                     preset_default)
+
+
 # Shipped weights; their model cards are in the README. The previous default: configs/train_default_weights.sh.
-register_weights(PretrainedWeights(
+_shipped(
     name="jdnet-lite.synthrain",
-    file="jdnet-lite-synthrain.pt",
     sha256="365fcfdf9c0d616ed66b4f2f9cd3a7b8227b89f8b6657a8887b10c98528b3b7c",
-    model="jdnet-lite",
     description="jdnet-lite, 1000 + 1200 + 1800 steps (batch 16, 64x64, negative SSIM; each stage fine-tunes the last; "
                 "stage 3 leaves 10 % of the crops dry) on 162 "
                 "clean photos with the project's mixed light/heavy rain synthesis; never saw Rain100L's rain, but 24 "
                 "of those photos were Rain100L test backgrounds",
     aliases=("jdnet-lite-synthrain",),  # its first name; the default until 2026-12-05
-))
-register_weights(PretrainedWeights(
+)
+_shipped(
     name="jdnet-lite.broadrain",
-    file="jdnet-lite-broadrain.pt",
     sha256="4e9b5059bb5b49917559ad649d7efe9715f57933416bd0de67df4bc2f5c6c394",
-    model="jdnet-lite",
     description="jdnet-lite, 1500 steps from scratch (batch 12, 96x96) + 1600 fine-tuning steps (batch 8, 128x128), "
                 "negative SSIM, 10 % dry crops, on the 548 clean photos of ../shared/data/clean but Kodak24 with "
                 "the broad rain (every source of jdnet_plugin.rain); no benchmark image (configs/train_broad_weights.sh)",
-))  # the default from 2026-12-05 (first session) to 2026-12-05 (second)
-register_weights(PretrainedWeights(
+)  # the default from 2026-12-05 (first session) to 2026-12-05 (second)
+_shipped(
     name="jdnet-lite.broadrain-s3",
-    file="jdnet-lite-broadrain-s3.pt",
     sha256="d4ac7c1a3c65836bfd6ee9c86ba4606173035499a293cdf528352d22fabb2af4",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain fine-tuned 1200 more steps (stage 3: batch 8, 128x128, Adam 1.5e-4, negative "
                 "SSIM, 10 % dry crops) on the same 548 clean photos with the broad rain; no benchmark image "
                 "(configs/train_broad_weights.sh)",
-))  # the default from 2026-12-05 (second session) to 2026-12-06
-register_weights(PretrainedWeights(
+)  # the default from 2026-12-05 (second session) to 2026-12-06
+_shipped(
     name="jdnet-lite.broadrain-s4",
-    file="jdnet-lite-broadrain-s4.pt",
     sha256="9f553ba172e979c402c277fee1c32e654bac7102561b983e3a0113156afcb1a6",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain-s3 fine-tuned 2000 more steps (stage 4: batch 8, 128x128, Adam 1.5e-4, "
                 "negative SSIM, 10 % dry crops, seed 3) on the same 548 clean photos with the broad rain; no "
                 "benchmark image (configs/train_broad_weights.sh); not the default: a tie with stage 3 on held-out rain",
-))
-register_weights(PretrainedWeights(
+)
+_shipped(
     name="jdnet-lite.broadrain-s8",
-    file="jdnet-lite-broadrain-s8.pt",
     sha256="0f86d048ebb92013f2418ff5d8a70b2301d69b6c5359b644f436d9a3ae06b5e2",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain-s3 fine-tuned 2000 more steps with loss -SSIM + L1 (stage 8: stage 4's recipe, "
                 "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 3) on the same 548 clean photos with the broad "
                 "rain; no benchmark image (configs/train_broad_weights.sh)",
-))  # the default on 2026-12-06, from the fourth session to the fifth
-register_weights(PretrainedWeights(
+)  # the default on 2026-12-06, from the fourth session to the fifth
+_shipped(
     name="jdnet-lite.broadrain-s9",
-    file="jdnet-lite-broadrain-s9.pt",
     sha256="cf50b14d3b3fa45dd967990e98c1cb4ad0c66b3d55d56c7fcf73a93bb702e815",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain-s8 fine-tuned 2000 more steps with stage 8's recipe (stage 9: loss -SSIM + L1, "
                 "batch 8, 128x128, Adam 1.5e-4, 10 % dry crops, seed 9) on the same 548 clean photos with the broad "
                 "rain; no benchmark image (configs/train_broad_weights.sh)",
-))  # the default on 2026-12-06, from the fifth session to the sixth
-register_weights(PretrainedWeights(
+)  # the default on 2026-12-06, from the fifth session to the sixth
+_shipped(
     name="jdnet-lite.broadrain-s10",
-    file="jdnet-lite-broadrain-s10.pt",
     sha256="4990506fc083637a406a052d0124bf2860ae786c057a4a507749a55dd38c0bf5",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain-s9 fine-tuned 1800 more steps with stage 8's recipe on broad-long rain (stage 10: "
                 "broad plus long faint streaks and drops; loss -SSIM + L1, batch 8, 128x128, Adam 1.5e-4, 10 % dry "
                 "crops, seed 10) on the same 548 clean photos; no benchmark image (configs/train_broad_weights.sh)",
-))  # the default on 2026-12-06, from the sixth session to the eighth
-register_weights(PretrainedWeights(
+)  # the default on 2026-12-06, from the sixth session to the eighth
+_shipped(
     name="jdnet-lite.broadrain-s12",
-    file="jdnet-lite-broadrain-s12.pt",
     sha256="d74da17fc203bb35e0d993f1c4ad7658918ff31bf2f0ff2785be7ffb85532982",
-    model="jdnet-lite",
     description="jdnet-lite.broadrain-s10 fine-tuned 1500 more steps with its recipe on broad-slant rain (stage 12: "
                 "broad-long plus dense, thin, slanted long streaks; seed 12); removes more of real photos' dense "
                 "slanted streaks than jdnet-lite.broadrain-s10, gives back 0.035 less of CamVid's lost mIoU; not the "
                 "default, one of its two ingredients (configs/train_broad_weights.sh)",
-))
-register_weights(PretrainedWeights(
+)
+_shipped(
     name="jdnet-lite.broadrain-s13",
-    file="jdnet-lite-broadrain-s13.pt",
     sha256="3f2fc8c08208f6e864054c7976ac3c8603605d99a9ccb0cbe143152a6213c166",
-    model="jdnet-lite",
     description="the average of the weights of jdnet-lite.broadrain-s10 and jdnet-lite.broadrain-s12 (stage 13: "
                 "python -m jdnet_plugin.average; stage 10's figures on held-out benchmark rain, fewer of real photos' "
                 "long and slanted streaks left); no benchmark image (configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
-), preset_default=True)  # the default since 2026-12-06 (eighth session)
+    preset_default=True,
+)  # the default since 2026-12-06 (eighth session)
