@@ -27,6 +27,7 @@ from jdnet_plugin.data.datasets import DatasetError
 from jdnet_plugin.gate import GATE_VERSION, GateStats, gate_threshold
 from jdnet_plugin.io import read_rgb, to_tensor, write_rgb
 from jdnet_plugin.rain import preset_digest
+from jdnet_plugin.registry import sha256_file
 from jdnet_plugin.registry import DEFAULT_WEIGHTS
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
@@ -94,14 +95,6 @@ def pick_device(device: str | None) -> torch.device:
     if device in (None, ""):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(f"cuda:{device}" if str(device).isdigit() else device)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def digest(obj: Any, n: int = 16) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from .errors import CheckpointError, UnknownNameError
 
 __all__ = ["register_model", "list_models", "model_config", "create_model",
            "PretrainedWeights", "register_weights", "list_weights", "get_weights", "resolve_weights",
-           "DEFAULT_WEIGHTS", "WEIGHTS_DIR"]
+           "DEFAULT_WEIGHTS", "WEIGHTS_DIR", "sha256_file"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = "default"
@@ -109,7 +110,8 @@ def get_weights(name: str) -> PretrainedWeights:
     return _WEIGHTS[name]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -126,7 +128,7 @@ def resolve_weights(name: str) -> Path:
             f"weights {name!r} should be shipped at {path}, but the file is missing; "
             "reinstall jdnet-plugin or pass a checkpoint path"
         )
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != spec.sha256:
         raise CheckpointError(
             f"weights file {path} is corrupt or was changed: sha256 {digest}, expected {spec.sha256}"
