@@ -143,7 +143,8 @@ def test_torchrun_two_ranks_write_what_one_process_writes(tmp_path, weights):
     src = tmp_path / "in"
     for i in range(5):
         write_image(src / ("sub" if i % 2 else "") / f"{i}.png", _img(20 + i, 26, seed=i))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler: a rank that aborts prints where (stderr is in the failure message).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     common = ["-m", "jdnet_plugin.derain", str(src), "--weights", str(weights), "--device", "cpu"]
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)

@@ -35,7 +35,7 @@ from ..inference import derain as derain_array
 from ..io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
 from ..utils.atomic import atomic_copy
 from ..video import VIDEO_EXTENSIONS, VideoReadError, VideoWriter, read_frames, video_info
-from ..training.distributed import DistInfo, cleanup_distributed, init_distributed
+from ..training.distributed import DistInfo, all_reduce, cleanup_distributed, init_distributed
 from ._common import CLIError, add_model_args, device_from_args, inference_kwargs, model_from_args, run_cli
 
 __all__ = ["main", "build_parser", "Job", "collect_jobs"]
@@ -186,9 +186,7 @@ def _total(dist_info: DistInfo, counts: list[int]) -> list[int]:
     """``counts`` summed over the ranks (every rank's own under one process)."""
     if not dist_info.enabled:
         return counts
-    t = torch.tensor(counts, dtype=torch.long)
-    dist.all_reduce(t)
-    return t.tolist()
+    return all_reduce(torch.tensor(counts, dtype=torch.long)).tolist()
 
 
 def run(args: argparse.Namespace) -> int:

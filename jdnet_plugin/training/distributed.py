@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "cleanup_distributed"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "cleanup_distributed", "all_reduce"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,20 @@ def init_distributed(device: torch.device, backend: str | None = None) -> DistIn
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM, timeout_s: float = 5.0) -> torch.Tensor:
+    """``dist.all_reduce`` in place, returning once the backend has let go of a CPU ``tensor`` (at most
+    ``timeout_s`` later).
+
+    gloo's worker thread drops its reference to a collective's tensors just after ``wait()`` returns. After the
+    last collective of a process, that drop can fall into interpreter shutdown, where releasing a tensor that
+    Python has seen needs the GIL, and the process aborts ("terminate called without an active exception", seen
+    in a torchrun test; pytorch/pytorch PR 179291 describes it)."""
+    before = tensor._use_count() if hasattr(tensor, "_use_count") else None
+    dist.all_reduce(tensor, op=op)
+    if before is not None and tensor.device.type == "cpu":
+        deadline = time.monotonic() + timeout_s
+        while tensor._use_count() > before and time.monotonic() < deadline:
+            time.sleep(0.0005)
+    return tensor

@@ -39,7 +39,7 @@ from ..registry import create_model
 from ..utils.atomic import atomic_copy, atomic_write_text
 from ..utils.machine import describe_machine
 from .config import ConfigError, TrainConfig, config_differences
-from .distributed import cleanup_distributed, init_distributed, resolve_device
+from .distributed import all_reduce, cleanup_distributed, init_distributed, resolve_device
 from .sampler import InfiniteSampler
 
 __all__ = ["Trainer", "TrainResult", "rng_state", "set_rng_state", "CHECKPOINT_NAMES"]
@@ -365,9 +365,7 @@ class Trainer:
         flag = 1.0 if self._stop else 0.0
         # Every rank must stop at the same step: agree on it every log_every steps (a sync point anyway).
         if self.dist.enabled and step % self.cfg.log_every == 0:
-            t = torch.tensor([flag], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = float(t.item())
+            flag = float(all_reduce(torch.tensor([flag], device=self.device), op=dist.ReduceOp.MAX).item())
             if flag and not self._stop:
                 self._stop = "SIGTERM"
         elif self.dist.enabled:
@@ -482,7 +480,7 @@ class Trainer:
                 bar.update(1)
             if step % cfg.log_every == 0 or step == steps:
                 if d.enabled:
-                    dist.all_reduce(loss_sum)
+                    all_reduce(loss_sum)
                     loss_sum /= d.world_size
                 if not torch.isfinite(loss_sum):
                     raise FloatingPointError(f"the training loss became {float(loss_sum)} by step {step}; "
