@@ -27,8 +27,7 @@ from jdnet_plugin.data.datasets import DatasetError
 from jdnet_plugin.gate import GATE_VERSION, GateStats, gate_threshold
 from jdnet_plugin.io import read_rgb, to_tensor, write_rgb
 from jdnet_plugin.rain import preset_digest
-from jdnet_plugin.registry import sha256_file
-from jdnet_plugin.registry import DEFAULT_WEIGHTS
+from jdnet_plugin.registry import DEFAULT_WEIGHTS, sha256_file
 from jdnet_plugin.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EvalError", "COPIES", "cli_main", "add_common_args", "sha256_file", "digest", "files_fingerprint",
