@@ -33,6 +33,7 @@ def test_presets_present_and_valid():
     later = {"long", "drops"}  # the kinds the real photos showed missing (stage 10)
     assert set(PRESETS["broad-slant"].choices) == {"broad-long", "slant"}  # and then (stage 12)
     assert set(PRESETS["broad-torrent"].choices) == {"broad-long", "torrent"}  # (stage 14)
+    assert set(PRESETS["broad-slant-torrent"].choices) == {"broad-long", "slant", "torrent"}  # (stage 16)
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent"}
