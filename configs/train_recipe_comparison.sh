@@ -10,7 +10,7 @@
 # 10's recipe from stage 10 on `broad-long` and on `broad-sharp`, the same rain through a sharpening camera). Stage
 # 12: STAGE=stage12 (slant: stage 11's control on `broad-slant`, that control its own; slant-seed13: its second
 # seed, run with CANDIDATES=slant-seed13). Stage 14: STAGE=stage14 (torrent: stage 12's recipe on `broad-torrent`, an
-# ingredient of an average). Stage 16: STAGE=stage16 (slant-torrent: the same on `broad-slant-torrent`).
+# ingredient of an average). Stage 16: STAGE=stage16 (slant-torrent: the same on `broad-slant-torrent`; slant-torrent-seed17: its second seed, run with CANDIDATES=slant-torrent-seed17).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
