@@ -7,6 +7,7 @@ The FLOP limit follows ``flop_limit.py``'s rule: the step's FLOPs (``train_step_
 matrix products of forward and backward) at the rate of a large square fp32 GEMM on ``--threads`` threads.
 
     python benchmarks/bench_train.py                     # both presets, batch 16, 2 threads
+    python benchmarks/bench_train.py --preset jdnet --profile 20   # where one step's time goes
 
 Writes ``benchmarks/results/train-<tag>.json`` and ``.md``.
 """
@@ -26,7 +27,9 @@ from flop_limit import gemm_rate, train_step_flops
 
 
 
-def child(args: argparse.Namespace) -> None:
+def make_step(args: argparse.Namespace):
+    """One training step of ``args.preset`` (forward, negative SSIM, backward, Adam) on fixed random images, as a
+    function returning the loss."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -40,7 +43,6 @@ def child(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(1)
     rain = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
     clean = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -49,6 +51,14 @@ def child(args: argparse.Namespace) -> None:
         opt.step()
         return loss.item()
 
+    return step
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    step = make_step(args)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     step()  # warm-up
     sync()
     t = time.perf_counter()
@@ -56,6 +66,31 @@ def child(args: argparse.Namespace) -> None:
         step()
     sync()
     print(json.dumps({"seconds_per_step": (time.perf_counter() - t) / args.steps}))
+
+
+def profile(args: argparse.Namespace) -> str:
+    """Where one step's time goes (after a warm-up step): the ``args.profile`` operators with the most self time,
+    then the same by input shape, as markdown tables."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = make_step(args)
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    lines = [f"One training step of {args.preset} ({args.impl}), {args.batch} x {args.patch}x{args.patch}, "
+             f"{args.threads} threads: {total / 1e6:.2f} s of operator self time."]
+    for by_shape in (False, True):
+        events = sorted(prof.key_averages(group_by_input_shape=by_shape), key=lambda e: -e.self_cpu_time_total)
+        lines += ["", "| operator | calls | input shapes | self time (ms) | share |" if by_shape else
+                  "| operator | calls | self time (ms) | share |",
+                  "|---|---|---|---|---|" if by_shape else "|---|---|---|---|"]
+        for e in events[:args.profile]:
+            shapes = [", ".join(str(tuple(s)) for s in e.input_shapes if s)] if by_shape else []
+            lines.append("| " + " | ".join([e.key, str(e.count), *shapes, f"{e.self_cpu_time_total / 1e3:.0f}",
+                                            f"{e.self_cpu_time_total / total:.1%}"]) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE")
     p.add_argument("--tag", default="cpu")
     p.add_argument("--note", default="")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead: profile one step in this process (first --preset, --impl fast unless given) and "
+                        "print its N costliest operators by input shape")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.profile:
+        args.preset = (args.preset or ["jdnet"])[0]
+        args.impl = "fast" if args.impl == "all" else args.impl
+        if args.impl == "fast-pytorch":
+            os.environ["JDNET_NATIVE"] = "0"
+        args.impl = args.impl.split("-")[0]
+        print(profile(args))
+        return 0
     if args.child:
         args.preset = args.preset[0]
         child(args)

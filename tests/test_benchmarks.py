@@ -80,3 +80,25 @@ def test_streak_residue_zoom_magnifies_the_box_of_each_image_side_by_side():
     assert out.shape == (3, 4, 12)
     assert out[0, :, :6].tolist() == [[1, 1, 2, 2, 3, 3]] * 2 + [[6, 6, 7, 7, 8, 8]] * 2
     assert torch.equal(out[:, :, 6:], out[:, :, :6] + 100)
+
+
+def test_bench_train_profile_accounts_for_the_step_by_operator_and_shape():
+    import argparse
+    import re
+
+    import bench_train
+    args = argparse.Namespace(preset="jdnet-lite", impl="fast", batch=1, patch=32, threads=1, device="cpu",
+                              profile=3)
+    table = bench_train.profile(args)
+    total = float(re.search(r": ([\d.]+) s of operator self time", table).group(1))
+    assert total > 0
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| operator")]
+    by_op, by_shape = rows[:3], rows[3:]
+    assert len(by_op) == 3 and len(by_shape) == 3
+    shares = [float(r.split("|")[-2].strip().rstrip("%")) for r in by_op]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100
+    op_ms = {r.split("|")[1].strip(): float(r.split("|")[3]) for r in by_op}
+    for r in by_shape:  # a shape's time is part of its operator's
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert cells[0] not in op_ms or float(cells[3]) <= op_ms[cells[0]]
+    assert any("(1, " in r for r in by_shape)  # shapes recorded (batch 1)
