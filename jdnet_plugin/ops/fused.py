@@ -79,6 +79,22 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return conv2d_post(x, weight.reshape(*weight.shape, 1, 1).contiguous(), bias)
 
 
+def dense_1x1(feats: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``cat(feats, 1) @ weight.T + bias`` without the concatenation: a 1x1 convolution over features kept as
+    ``(pixels, channels)`` matrices, one GEMM per feature, differentiable. ``weight``: ``(out, sum of channels)``
+    or its 1x1 convolution form."""
+    w = weight.flatten(1)
+    if w.shape[1] != sum(f.shape[1] for f in feats):
+        raise ValueError(f"dense_1x1: weight of {w.shape[1]} input channels for features of "
+                         f"{[f.shape[1] for f in feats]}")
+    out, start = bias, 0
+    for f in feats:
+        wf = w[:, start:start + f.shape[1]].t()
+        out = torch.mm(f, wf) if out is None else torch.addmm(out, f, wf)
+        start += f.shape[1]
+    return out
+
+
 def bn_affine(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
     """An eval-mode BatchNorm as per-channel ``(scale, shift)``; None where it uses batch statistics."""
     if bn.training or bn.running_mean is None:
