@@ -15,7 +15,10 @@
 # jdnet-lite.broadrain-s10, the default before stage 13 (its control on broad rain: configs/train_recipe_comparison.sh, STAGE=stage10);
 # stage 12 fine-tunes stage 10 on broad-slant rain (configs/stage12-slant.yaml) and is shipped as
 # jdnet-lite.broadrain-s12, not the default (it lost CamVid recovery; its control: STAGE=stage11 there); stage 13,
-# the average of the weights of stages 10 and 12, is shipped as jdnet-lite.broadrain-s13, the default.
+# the average of the weights of stages 10 and 12, is shipped as jdnet-lite.broadrain-s13 (the default before stage
+# 16); stage 16 fine-tunes stage 10 on broad-slant-torrent rain (configs/stage16-slant-torrent.yaml; shipped as
+# jdnet-lite.broadrain-s16st, an ingredient), and the average of stages 10 and 16st is shipped as
+# jdnet-lite.broadrain-s16, the default.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -61,4 +64,10 @@ SHIP12=${SHIP12:-jdnet_plugin/weights/jdnet-lite-broadrain-s12.pt}
 stage configs/stage12-slant.yaml "$SHIP10" runs/stage12-slant "$SHIP12" "stage-12 weights (broad-slant rain)" "$@"
 SHIP13=${SHIP13:-jdnet_plugin/weights/jdnet-lite-broadrain-s13.pt}
 "$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP12" --out runs/stage13-average.pt
-ship runs/stage13-average.pt "$SHIP13" "stage-13 weights (the average of stages 10 and 12, the default)"
+ship runs/stage13-average.pt "$SHIP13" "stage-13 weights (the average of stages 10 and 12)"
+SHIP16ST=${SHIP16ST:-jdnet_plugin/weights/jdnet-lite-broadrain-s16st.pt}
+stage configs/stage16-slant-torrent.yaml "$SHIP10" runs/stage16-slant-torrent "$SHIP16ST" \
+  "stage-16 ingredient (broad-slant-torrent rain)" "$@"
+SHIP16=${SHIP16:-jdnet_plugin/weights/jdnet-lite-broadrain-s16.pt}
+"$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP16ST" --out runs/stage16-average.pt
+ship runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st, the default)"

@@ -202,7 +202,7 @@ _shipped(
     description="jdnet-lite.broadrain-s10 fine-tuned 1500 more steps with its recipe on broad-slant rain (stage 12: "
                 "broad-long plus dense, thin, slanted long streaks; seed 12); removes more of real photos' dense "
                 "slanted streaks than jdnet-lite.broadrain-s10, gives back 0.035 less of CamVid's lost mIoU; not the "
-                "default, one of its two ingredients (configs/train_broad_weights.sh)",
+                "default, one of stage 13's two ingredients (configs/train_broad_weights.sh)",
 )
 _shipped(
     name="jdnet-lite.broadrain-s13",
@@ -210,6 +210,21 @@ _shipped(
     description="the average of the weights of jdnet-lite.broadrain-s10 and jdnet-lite.broadrain-s12 (stage 13: "
                 "python -m jdnet_plugin.average; stage 10's figures on held-out benchmark rain, fewer of real photos' "
                 "long and slanted streaks left); no benchmark image (configs/train_broad_weights.sh)",
+)  # the default from 2026-12-06 (eighth session) to 2026-12-07 (tenth)
+_shipped(
+    name="jdnet-lite.broadrain-s16st",
+    sha256="5e9088be314ccb52b1b68ffe7f9a47bc43be49a74cf1505b1614bff383445de9",
+    description="jdnet-lite.broadrain-s10 fine-tuned 1500 more steps with its recipe on broad-slant-torrent rain "
+                "(stage 16's ingredient: broad-long plus dense slanted streaks and bright streaks crossing in 3-4 "
+                "directions; seed 16); not the default, one of its two ingredients (configs/train_broad_weights.sh)",
+)
+_shipped(
+    name="jdnet-lite.broadrain-s16",
+    sha256="963d37894d21f3878eb396487e33edc966e79287f44f654d2269dc5f049bb562",
+    description="the average of the weights of jdnet-lite.broadrain-s10 and jdnet-lite.broadrain-s16st (stage 16: "
+                "python -m jdnet_plugin.average; against stage 13 more of CamVid's and COCO128's lost score given "
+                "back under held-out benchmark rain, the project's heavy rain +0.4 dB); no benchmark image "
+                "(configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
     preset_default=True,
-)  # the default since 2026-12-06 (eighth session)
+)  # the default since 2026-12-07 (tenth session)
