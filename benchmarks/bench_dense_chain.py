@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
-from _results import ROOT, machine_info, machine_text
+from _results import machine_info, machine_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,18 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    import torch
+    from bench_train import make_model_and_images
 
-    sys.path.insert(0, str(ROOT))
-    from jdnet_plugin.losses import ssim_loss
-    from jdnet_plugin.registry import create_model
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = create_model(args.preset).train()
-    g = torch.Generator().manual_seed(1)
-    rain = torch.rand(args.batch, 3, args.patch, args.patch, generator=g)
-    clean = torch.rand(args.batch, 3, args.patch, args.patch, generator=g)
+    model, rain, clean = make_model_and_images(argparse.Namespace(**vars(args), impl="fast", device="cpu"))
+    from jdnet_plugin.losses import ssim_loss  # importable once the call above has put the repository on sys.path
 
     def step(impl: str) -> float:
         model.derain_net.impl = impl

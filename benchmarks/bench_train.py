@@ -27,22 +27,31 @@ from flop_limit import gemm_rate, train_step_flops
 
 
 
-def make_step(args: argparse.Namespace):
-    """One training step of ``args.preset`` (forward, negative SSIM, backward, Adam) on fixed random images, as a
-    function returning the loss."""
+def make_model_and_images(args: argparse.Namespace):
+    """``args.preset`` in training mode (``args.impl``, ``args.threads`` threads) and a fixed random batch of
+    rainy and clean images, on ``args.device``."""
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from jdnet_plugin.losses import ssim_loss
     from jdnet_plugin.registry import create_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(args.preset).train().set_attention_impl(args.impl).to(args.device)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     g = torch.Generator().manual_seed(1)
     rain = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
     clean = torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(args.device)
+    return model, rain, clean
+
+
+def make_step(args: argparse.Namespace):
+    """One training step of ``args.preset`` (forward, negative SSIM, backward, Adam) on fixed random images, as a
+    function returning the loss."""
+    import torch
+
+    model, rain, clean = make_model_and_images(args)
+    from jdnet_plugin.losses import ssim_loss  # importable once the call above has put the repository on sys.path
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
