@@ -67,6 +67,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     step = make_step(args)
+    if args.device == "cpu":
+        from jdnet_plugin.utils.host_memory import keep_freed_memory
+        keep_freed_memory()  # as python -m jdnet_plugin.train does (JDNET_KEEP_FREED_MEMORY=0: glibc's defaults)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     step()  # warm-up
     sync()
