@@ -98,6 +98,25 @@ def test_cli_trains_writes_everything_and_loads(data, tmp_path, capsys):
                        model.state_dict()["enterBlock.0.weight"])
 
 
+def test_the_command_keeps_freed_memory_on_the_cpu_and_the_library_does_not(data, tmp_path, monkeypatch):
+    """The train command owns its process, so it sets the allocator (as the derain commands do); a Trainer
+    embedded in someone else's program never does."""
+    import jdnet_plugin.cli.train as cli_train
+    import jdnet_plugin.utils.host_memory as host_memory
+
+    calls = []
+    monkeypatch.setattr(cli_train, "keep_freed_memory", lambda: calls.append("cli") or True)
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append("library") or True)
+    argv = ["--data", str(data), "--out", str(tmp_path / "cli"), "--steps", "1", "--device", "cpu", *TINY]
+    assert main(argv) == 0
+    assert calls == ["cli"]
+    cfg = load_config(None, {"data": [str(data)], "out": str(tmp_path / "lib"), "steps": 1, "device": "cpu",
+                             "preset": "jdnet-lite", "patch_size": 16, "batch_size": 2, "workers": 0, "threads": 1,
+                             "tensorboard": False, "progress": False, "model": {"units": 1, "scales": 1}})
+    Trainer(cfg).fit()
+    assert calls == ["cli"]
+
+
 def test_synthetic_rain_from_clean_tree_with_workers(tmp_path):
     rng = np.random.default_rng(1)
     for i, sub in enumerate(["a", "b/c", "b"]):

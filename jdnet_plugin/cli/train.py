@@ -96,17 +96,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     from ..training import Trainer, load_config
+    from ..training.distributed import resolve_device
 
     cfg = load_config(args.config, overrides_from_args(args))
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    trainer = Trainer(cfg, fresh=args.fresh)
-    if trainer.device.type == "cpu":
+    if resolve_device(cfg.device).type == "cpu":
         # A command owns its process (see model_from_args): a jdnet step on the CPU spent about 40 % of its
         # CPU time in the kernel, mostly zeroing pages that glibc had just given back to it.
         keep_freed_memory()
-    return int(trainer.fit()["exit_code"])
+    return int(Trainer(cfg, fresh=args.fresh).fit()["exit_code"])
 
 
 def main(argv: list[str] | None = None) -> int:
