@@ -10,7 +10,10 @@
 # 10's recipe from stage 10 on `broad-long` and on `broad-sharp`, the same rain through a sharpening camera). Stage
 # 12: STAGE=stage12 (slant: stage 11's control on `broad-slant`, that control its own; slant-seed13: its second
 # seed, run with CANDIDATES=slant-seed13). Stage 14: STAGE=stage14 (torrent: stage 12's recipe on `broad-torrent`, an
-# ingredient of an average). Stage 16: STAGE=stage16 (slant-torrent: the same on `broad-slant-torrent`; slant-torrent-seed17: its second seed, run with CANDIDATES=slant-torrent-seed17).
+# ingredient of an average). Stage 16: STAGE=stage16 (slant-torrent: the same on `broad-slant-torrent`;
+# slant-torrent-seed17: its second seed, run with CANDIDATES=slant-torrent-seed17). Stage 17: STAGE=stage17
+# (soup-ema: the same recipe from stage 16, the default, with a moving average of the weights; soup-ema-seed19: its
+# second seed, run with CANDIDATES=soup-ema-seed19).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -28,7 +31,8 @@ case $STAGE in
   stage12) default="slant" ;;
   stage14) default="torrent" ;;
   stage16) default="slant-torrent" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14 or stage16, not '$STAGE'" >&2; exit 2 ;;
+  stage17) default="soup-ema" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 or stage17, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"
