@@ -18,7 +18,8 @@
 # the average of the weights of stages 10 and 12, is shipped as jdnet-lite.broadrain-s13 (the default before stage
 # 16); stage 16 fine-tunes stage 10 on broad-slant-torrent rain (configs/stage16-slant-torrent.yaml; shipped as
 # jdnet-lite.broadrain-s16st, an ingredient), and the average of stages 10 and 16st is shipped as
-# jdnet-lite.broadrain-s16, the default.
+# jdnet-lite.broadrain-s16 (the default before stage 17); stage 17 fine-tunes stage 16 on the same rain with a moving
+# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17, the default.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -70,4 +71,7 @@ stage configs/stage16-slant-torrent.yaml "$SHIP10" runs/stage16-slant-torrent "$
   "stage-16 ingredient (broad-slant-torrent rain)" "$@"
 SHIP16=${SHIP16:-jdnet_plugin/weights/jdnet-lite-broadrain-s16.pt}
 "$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP16ST" --out runs/stage16-average.pt
-ship runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st, the default)"
+ship runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st)"
+SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
+stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
+  "stage-17 weights (stage 16 fine-tuned with a moving average of the weights, the default)" "$@"

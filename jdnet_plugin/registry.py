@@ -225,6 +225,14 @@ _shipped(
                 "python -m jdnet_plugin.average; against stage 13 more of CamVid's and COCO128's lost score given "
                 "back under held-out benchmark rain, the project's heavy rain +0.4 dB); no benchmark image "
                 "(configs/train_broad_weights.sh)",
+)  # the default on 2026-12-07, from the tenth session to the eleventh
+_shipped(
+    name="jdnet-lite.broadrain-s17",
+    sha256="f0eeaa1441b109caab131e13b5a9535a6236cddaa05580466653cd9c5448101d",
+    description="jdnet-lite.broadrain-s16 fine-tuned 1500 more steps with its ingredients' recipe on broad-slant-torrent "
+                "rain, keeping a moving average of the weights (stage 17: ema_decay 0.999, seed 18; the average is "
+                "shipped); against stage 16 more of CamVid's lost mIoU given back under held-out benchmark rain and "
+                "fewer of real photos' long and slanted streaks left; no benchmark image (configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
     preset_default=True,
-)  # the default since 2026-12-07 (tenth session)
+)  # the default since 2026-12-07 (eleventh session)
