@@ -43,6 +43,13 @@ stage() {
     --val "$RUN/val" --out "$out" --no-progress "$@"
   ship "$out/final.pt" "$ship" "$label"
 }
+# average OUT SHIP LABEL FILE...: the mean of the weights of FILE... written to OUT, then shipped as SHIP.
+average() {
+  local out=$1 ship=$2 label=$3
+  shift 3
+  "$PY" -m jdnet_plugin.average "$@" --out "$out"
+  ship "$out" "$ship" "$label"
+}
 stage configs/broad-weights-stage2.yaml "$RUN-broad/final.pt" runs/broad-weights-stage2 "$SHIP" "broad weights" "$@"
 SHIP3=${SHIP3:-jdnet_plugin/weights/jdnet-lite-broadrain-s3.pt}
 stage configs/stage3-broad.yaml "$SHIP" runs/stage3-broad "$SHIP3" "stage-3 weights" "$@"
@@ -64,14 +71,12 @@ stage configs/stage10-long.yaml "$SHIP9" runs/stage10-long "$SHIP10" "stage-10 w
 SHIP12=${SHIP12:-jdnet_plugin/weights/jdnet-lite-broadrain-s12.pt}
 stage configs/stage12-slant.yaml "$SHIP10" runs/stage12-slant "$SHIP12" "stage-12 weights (broad-slant rain)" "$@"
 SHIP13=${SHIP13:-jdnet_plugin/weights/jdnet-lite-broadrain-s13.pt}
-"$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP12" --out runs/stage13-average.pt
-ship runs/stage13-average.pt "$SHIP13" "stage-13 weights (the average of stages 10 and 12)"
+average runs/stage13-average.pt "$SHIP13" "stage-13 weights (the average of stages 10 and 12)" "$SHIP10" "$SHIP12"
 SHIP16ST=${SHIP16ST:-jdnet_plugin/weights/jdnet-lite-broadrain-s16st.pt}
 stage configs/stage16-slant-torrent.yaml "$SHIP10" runs/stage16-slant-torrent "$SHIP16ST" \
   "stage-16 ingredient (broad-slant-torrent rain)" "$@"
 SHIP16=${SHIP16:-jdnet_plugin/weights/jdnet-lite-broadrain-s16.pt}
-"$PY" -m jdnet_plugin.average "$SHIP10" "$SHIP16ST" --out runs/stage16-average.pt
-ship runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st)"
+average runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st)" "$SHIP10" "$SHIP16ST"
 SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
 stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
   "stage-17 weights (stage 16 fine-tuned with a moving average of the weights, the default)" "$@"
