@@ -1,8 +1,10 @@
 """Where benchmark results go: ``results/<name>.json`` (all numbers) and ``results/<name>.md`` (the table)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +13,14 @@ ROOT = RESULTS.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jdnet_plugin.utils.atomic import atomic_write_text  # noqa: E402
+
+
+def result_tag(text: str) -> str:
+    """A ``--tag`` argument: part of a file name in ``results/`` (letters, digits, ``.``, ``_``, ``-``), not a path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a results file tag (letters, digits, '.', '_', '-'; "
+                                         "the results go to benchmarks/results/)")
+    return text
 
 
 def write_results(name: str, result: dict, markdown: str) -> None:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, write_results
+from _results import ROOT, result_tag, write_results
 
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="jdnet")
     p.add_argument("--size", default="320x480")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tag", default="cpu")
+    p.add_argument("--tag", type=result_tag, default="cpu")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))

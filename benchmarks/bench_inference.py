@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, machine_info, machine_text, parse_size, write_results
+from _results import ROOT, machine_info, machine_text, parse_size, result_tag, write_results
 
 
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pixels", default="0",
                    help="time derain_tensor(max_pixels=N), which tiles larger frames; 'auto': its default for the "
                         "model; 0 (default): one whole-frame forward")
-    p.add_argument("--tag", default="cpu", help="results file name: inference-<tag>.json/.md")
+    p.add_argument("--tag", type=result_tag, default="cpu", help="results file name: inference-<tag>.json/.md")
     p.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--save-output", help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import ROOT, machine_info, machine_text, write_results
+from _results import ROOT, machine_info, machine_text, result_tag, write_results
 from flop_limit import gemm_rate, train_step_flops
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE")
-    p.add_argument("--tag", default="cpu")
+    p.add_argument("--tag", type=result_tag, default="cpu")
     p.add_argument("--note", default="")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead: profile one step in this process (first --preset, --impl fast unless given) and "

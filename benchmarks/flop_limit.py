@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import machine_info, machine_text, parse_size, write_results  # also puts the repo on sys.path
+from _results import machine_info, machine_text, parse_size, result_tag, write_results  # also puts the repo on sys.path
 
 
 def network_flops(preset: str, size: tuple[int, int]) -> float:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3, help="timed forwards (best)")
     p.add_argument("--gemm-size", type=int, default=4096)
     p.add_argument("--gemm-repeats", type=int, default=5)
-    p.add_argument("--tag", default="cpu")
+    p.add_argument("--tag", type=result_tag, default="cpu")
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
 

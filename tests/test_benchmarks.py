@@ -102,3 +102,15 @@ def test_bench_train_profile_accounts_for_the_step_by_operator_and_shape():
         cells = [c.strip() for c in r.split("|")[1:-1]]
         assert cells[0] not in op_ms or float(cells[3]) <= op_ms[cells[0]]
     assert any("(1, " in r for r in by_shape)  # shapes recorded (batch 1)
+
+
+@pytest.mark.parametrize("tag", ["cpu", "cpu-avx512-lite", "run2.b_3"])
+def test_result_tag_takes_file_name_parts(tag):
+    assert _results.result_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag", ["/tmp/x", "../x", "a/b", "", "-x", "a b"])
+def test_result_tag_refuses_paths_and_odd_names(tag):
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match="not a results file tag"):
+        _results.result_tag(tag)
