@@ -10,15 +10,15 @@ from jdnet_plugin.utils.host_memory import empty_huge
 
 glibc = pytest.mark.skipif(host_memory._libc() is None, reason="glibc on Linux only")
 
-# Allocates three 30 MB tensors, touches them, frees them, ten times; prints the minor page faults of
-# the last nine rounds.
+# Allocates three tensors of MB megabytes, touches them, frees them, ten times; prints the minor page faults
+# of the last nine rounds.
 _CHURN = """
 import resource, sys, torch
 from jdnet_plugin.utils.host_memory import keep_freed_memory
 print(keep_freed_memory(), file=sys.stderr)
 def rounds(n):
     for _ in range(n):
-        ts = [torch.ones(30 << 18) for _ in range(3)]
+        ts = [torch.ones(MB << 18) for _ in range(3)]
         del ts
 rounds(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -27,20 +27,24 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(keep: str) -> tuple[int, str]:
+def _faults(keep: str, mb: int) -> tuple[int, str]:
     env = dict(os.environ, JDNET_KEEP_FREED_MEMORY=keep)
-    done = subprocess.run([sys.executable, "-c", _CHURN], env=env, capture_output=True, text=True, check=True)
+    code = _CHURN.replace("MB", str(mb))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1]), done.stderr.strip()
 
 
 @glibc
-def test_keep_freed_memory_avoids_refaulting_freed_blocks():
-    kept, kept_on = _faults("1")
-    default, default_on = _faults("0")
+@pytest.mark.parametrize("mb", [30, 48])  # below glibc's largest mmap threshold (32 MiB), and above it
+def test_keep_freed_memory_avoids_refaulting_freed_blocks(mb):
+    kept, kept_on = _faults("1", mb)
+    default, default_on = _faults("0", mb)
     assert (kept_on, default_on) == ("True", "False")
-    # 27 allocations of 30 MB (7,300 pages each): kept, at most about one of them is faulted in; glibc's default
-    # (whose dynamic thresholds vary from run to run) gives some back and faults them in again.
-    assert kept < 2 * 7300
+    # 27 allocations of MB megabytes (256 pages each per MB): kept, at most about one of them is faulted in;
+    # glibc's default (whose dynamic thresholds vary from run to run; always mmap above 32 MiB) gives some back
+    # and faults them in again.
+    pages = mb * 256
+    assert kept < 2 * pages
     assert kept < default / 2
 
 

@@ -5,9 +5,11 @@ With glibc's defaults much of that memory goes back to the kernel on ``free`` an
 page faults on the next ``malloc``: about 900,000 faults (3.6 GB of zeroed pages) and 20 % of the
 forward's time on a 2-core machine. Two remedies, both no-ops where they do not apply:
 
-- :func:`keep_freed_memory`: glibc's ``mallopt`` so that blocks up to 32 MiB come from the heap and up to
-  1 GiB of freed heap stays mapped (the same idea as PyTorch's CUDA caching allocator, and what
-  jemalloc/tcmalloc do for PyTorch's CPU deployments). Process-wide, so only where asked for: the package's
+- :func:`keep_freed_memory`: glibc's ``mallopt`` so that blocks of every size come from the heap (no
+  ``mmap``: glibc cannot raise its mmap threshold past 32 MiB, and a training step of the paper model frees
+  and re-allocates blocks of 50 MB and more) and up to 1 GiB of freed heap stays mapped (the same idea as
+  PyTorch's CUDA caching allocator, and what jemalloc/tcmalloc do for PyTorch's CPU deployments). glibc still
+  maps a block with ``mmap`` where the heap cannot grow. Process-wide, so only where asked for: the package's
   command lines call it for their own process; a program that embeds the package calls it itself (a forward
   never does). ``JDNET_KEEP_FREED_MEMORY=0`` makes it a no-op.
 - :func:`empty_huge`: a large buffer whose pages are faulted in 2 MiB at a time (transparent huge pages,
@@ -26,7 +28,7 @@ import torch
 
 __all__ = ["keep_freed_memory", "empty_huge"]
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value (its dynamic threshold's ceiling)
 _TRIM_THRESHOLD = 1 << 30
 _MADV_HUGEPAGE = 14
@@ -59,8 +61,8 @@ def keep_freed_memory() -> bool:
             libc = _libc()
             ok = libc is not None and os.environ.get("JDNET_KEEP_FREED_MEMORY", "1") != "0"
             if ok:
-                ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and \
-                    bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+                ok = all(libc.mallopt(option, value) for option, value in (
+                    (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
             _state["kept"] = ok
         return bool(_state["kept"])
 
