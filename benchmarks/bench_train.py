@@ -51,6 +51,9 @@ def make_step(args: argparse.Namespace):
 
     model, rain, clean = make_model_and_images(args)
     from jdnet_plugin.losses import ssim_loss  # importable once the call above has put the repository on sys.path
+    if args.device == "cpu":
+        from jdnet_plugin.utils.host_memory import keep_freed_memory
+        keep_freed_memory()  # as python -m jdnet_plugin.train does (JDNET_KEEP_FREED_MEMORY=0: glibc's defaults)
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
 
     def step() -> float:
@@ -67,9 +70,6 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     step = make_step(args)
-    if args.device == "cpu":
-        from jdnet_plugin.utils.host_memory import keep_freed_memory
-        keep_freed_memory()  # as python -m jdnet_plugin.train does (JDNET_KEEP_FREED_MEMORY=0: glibc's defaults)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     step()  # warm-up
     sync()
