@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from _results import machine_info, machine_text, write_results
+from _results import machine_info, machine_text, result_tag, write_results
 
 LOSS_WINDOW = 100  # steps averaged per reported training loss
 
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run", type=Path, help="run folder (config.yaml, log.jsonl)")
     p.add_argument("--name", help="results name (default: the folder's name)")
     args = p.parse_args(argv)
-    name = args.name or args.run.name
+    try:
+        name = result_tag(args.name or args.run.resolve().name)
+    except argparse.ArgumentTypeError as e:
+        p.error(f"--name: {e}")
     s = summarise(args.run)
     write_results(f"train-run-{name}", s, markdown(name, s))
     print(markdown(name, s))

@@ -105,16 +105,16 @@ def test_the_command_keeps_freed_memory_on_the_cpu_and_the_library_does_not(data
     import jdnet_plugin.utils.host_memory as host_memory
 
     calls = []
-    monkeypatch.setattr(cli_train, "keep_freed_memory", lambda: calls.append("cli") or True)
-    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append("library") or True)
+    monkeypatch.setattr(cli_train, "keep_freed_memory", lambda **kw: calls.append(("cli", kw)) or True)
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda **kw: calls.append(("library", kw)) or True)
     argv = ["--data", str(data), "--out", str(tmp_path / "cli"), "--steps", "1", "--device", "cpu", *TINY]
     assert main(argv) == 0
-    assert calls == ["cli"]
+    assert calls == [("cli", {"large_blocks": True})]  # training repeats its large allocations every step
     cfg = load_config(None, {"data": [str(data)], "out": str(tmp_path / "lib"), "steps": 1, "device": "cpu",
                              "preset": "jdnet-lite", "patch_size": 16, "batch_size": 2, "workers": 0, "threads": 1,
                              "tensorboard": False, "progress": False, "model": {"units": 1, "scales": 1}})
     Trainer(cfg).fit()
-    assert calls == ["cli"]
+    assert calls == [("cli", {"large_blocks": True})]
 
 
 def test_synthetic_rain_from_clean_tree_with_workers(tmp_path):

@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     if resolve_device(cfg.device).type == "cpu":
         # A command owns its process (see model_from_args): a jdnet step on the CPU spent about 40 % of its
         # CPU time in the kernel, mostly zeroing pages that glibc had just given back to it.
-        keep_freed_memory()
+        keep_freed_memory(large_blocks=True)
     return int(Trainer(cfg, fresh=args.fresh).fit()["exit_code"])
 
 

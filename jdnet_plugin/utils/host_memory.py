@@ -5,11 +5,12 @@ With glibc's defaults much of that memory goes back to the kernel on ``free`` an
 page faults on the next ``malloc``: about 900,000 faults (3.6 GB of zeroed pages) and 20 % of the
 forward's time on a 2-core machine. Two remedies, both no-ops where they do not apply:
 
-- :func:`keep_freed_memory`: glibc's ``mallopt`` so that blocks of every size come from the heap (no
-  ``mmap``: glibc cannot raise its mmap threshold past 32 MiB, and a training step of the paper model frees
-  and re-allocates blocks of 50 MB and more) and up to 1 GiB of freed heap stays mapped (the same idea as
-  PyTorch's CUDA caching allocator, and what jemalloc/tcmalloc do for PyTorch's CPU deployments). glibc still
-  maps a block with ``mmap`` where the heap cannot grow. Process-wide, so only where asked for: the package's
+- :func:`keep_freed_memory`: glibc's ``mallopt`` so that blocks up to 32 MiB come from the heap and up to
+  1 GiB of freed heap stays mapped (the same idea as PyTorch's CUDA caching allocator, and what
+  jemalloc/tcmalloc do for PyTorch's CPU deployments); with ``large_blocks=True``, blocks of every size in the
+  main thread's heap (no ``mmap``: glibc cannot raise its threshold past 32 MiB, and a training step of the
+  paper model frees and re-allocates blocks of 50 MB and more at every step; glibc still maps a block where the
+  heap cannot grow, and other threads' blocks over 64 MiB). The cost: the process stays at its peak memory. Process-wide, so only where asked for: the package's
   command lines call it for their own process; a program that embeds the package calls it itself (a forward
   never does). ``JDNET_KEEP_FREED_MEMORY=0`` makes it a no-op.
 - :func:`empty_huge`: a large buffer whose pages are faulted in 2 MiB at a time (transparent huge pages,
@@ -51,9 +52,12 @@ def _libc():
     return _state["libc"]
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(large_blocks: bool = False) -> bool:
     """Once per process: keep freed heap memory for reuse instead of returning it to the kernel.
 
+    ``large_blocks``: blocks over 32 MiB too, for processes that repeat the same large allocations (training
+    steps); a single forward of the paper model is slower with it (its largest buffers, fresh maps advised to
+    use huge pages, come from the heap instead), so the derain commands leave it off.
     Returns whether the setting is in effect (glibc on Linux, not disabled by ``JDNET_KEEP_FREED_MEMORY=0``).
     """
     with _lock:
@@ -61,10 +65,12 @@ def keep_freed_memory() -> bool:
             libc = _libc()
             ok = libc is not None and os.environ.get("JDNET_KEEP_FREED_MEMORY", "1") != "0"
             if ok:
-                ok = all(libc.mallopt(option, value) for option, value in (
-                    (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+                ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and \
+                    bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
             _state["kept"] = ok
-        return bool(_state["kept"])
+        if large_blocks and _state["kept"] and "kept_large" not in _state:
+            _state["kept_large"] = bool(_libc().mallopt(_M_MMAP_MAX, 0))
+        return bool(_state["kept"]) and (not large_blocks or bool(_state.get("kept_large")))
 
 
 def empty_huge(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
