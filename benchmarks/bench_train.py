@@ -53,7 +53,7 @@ def make_step(args: argparse.Namespace):
     from jdnet_plugin.losses import ssim_loss  # importable once the call above has put the repository on sys.path
     if args.device == "cpu":
         from jdnet_plugin.utils.host_memory import keep_freed_memory
-        keep_freed_memory(large_blocks=True)  # as python -m jdnet_plugin.train does (JDNET_KEEP_FREED_MEMORY=0: glibc's)
+        keep_freed_memory(large_blocks=True)  # as python -m jdnet_plugin.train does (JDNET_KEEP_FREED_MEMORY=0: off)
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
 
     def step() -> float:

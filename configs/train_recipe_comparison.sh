@@ -13,8 +13,8 @@
 # ingredient of an average). Stage 16: STAGE=stage16 (slant-torrent: the same on `broad-slant-torrent`;
 # slant-torrent-seed17: its second seed, run with CANDIDATES=slant-torrent-seed17). Stage 17: STAGE=stage17
 # (soup-ema: the same recipe from stage 16, the default, with a moving average of the weights; soup-ema-seed19: its
-# second seed, run with CANDIDATES=soup-ema-seed19). Stage 18: STAGE=stage18 (crop192: stage 17's recipe from stage 17 with
-# 192x192 crops in batches of 4, 1200 steps).
+# second seed, run with CANDIDATES=soup-ema-seed19). Stage 18: STAGE=stage18 (crop192: stage 17's recipe from stage
+# 17 with 192x192 crops in batches of 4, 1200 steps).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].

@@ -87,16 +87,18 @@ def dense_1x1(feats: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tenso
     if w.shape[1] != sum(f.shape[1] for f in feats):
         raise ValueError(f"dense_1x1: weight of {w.shape[1]} input channels for features of "
                          f"{[f.shape[1] for f in feats]}")
-    out, start = bias, 0
     # In place after the first product: the running sum is not saved for backward, and a fresh (pixels, channels)
     # result per feature cost a copy of the sum each time. Not under autocast, which casts only out-of-place ops.
     in_place = bool(feats) and not autocast_on(feats[0].device.type)
-    for i, f in enumerate(feats):
+    out, start = None, 0
+    for f in feats:
         wf = w[:, start:start + f.shape[1]].t()
         if out is None:
-            out = torch.mm(f, wf)
+            out = torch.mm(f, wf) if bias is None else torch.addmm(bias, f, wf)
+        elif in_place:
+            out.addmm_(f, wf)
         else:
-            out = out.addmm_(f, wf) if in_place and i > 0 else torch.addmm(out, f, wf)
+            out = torch.addmm(out, f, wf)
         start += f.shape[1]
     return out
 

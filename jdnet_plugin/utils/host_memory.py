@@ -10,9 +10,9 @@ forward's time on a 2-core machine. Two remedies, both no-ops where they do not 
   jemalloc/tcmalloc do for PyTorch's CPU deployments); with ``large_blocks=True``, blocks of every size in the
   main thread's heap (no ``mmap``: glibc cannot raise its threshold past 32 MiB, and a training step of the
   paper model frees and re-allocates blocks of 50 MB and more at every step; glibc still maps a block where the
-  heap cannot grow, and other threads' blocks over 64 MiB). The cost: the process stays at its peak memory. Process-wide, so only where asked for: the package's
-  command lines call it for their own process; a program that embeds the package calls it itself (a forward
-  never does). ``JDNET_KEEP_FREED_MEMORY=0`` makes it a no-op.
+  heap cannot grow, and other threads' blocks over 64 MiB). The cost: the process stays at its peak memory.
+  Process-wide, so only where asked for: the package's command lines call it for their own process; a program
+  that embeds the package calls it itself (a forward never does). ``JDNET_KEEP_FREED_MEMORY=0`` makes it a no-op.
 - :func:`empty_huge`: a large buffer whose pages are faulted in 2 MiB at a time (transparent huge pages,
   ``madvise``), for the buffers this package allocates itself.
 """
