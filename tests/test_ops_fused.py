@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jdnet_plugin.ops.fused import dense_1x1
+from jdnet_plugin.ops.fused import Conv1x1, conv1x1, dense_1x1
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -45,3 +45,40 @@ def test_dense_1x1_under_bf16_autocast_matches_the_convolution(bias):
     got.float().sum().backward()
     torch.testing.assert_close(got.float(), ref.float(), rtol=0.05, atol=0.1)
     assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "weight slice"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_is_the_convolution_forward_and_backward(layout, bias):
+    """NCHW float32 on CPU is a batched GEMM, channels_last stays with oneDNN; both are the convolution."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, 9, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    wide = torch.randn(4, 8, generator=g, requires_grad=True)
+    weight = wide[:, 2:7] if layout == "weight slice" else wide[:, :5]
+    bias_t = torch.randn(4, generator=g, requires_grad=True) if bias else None
+    params = [x, wide] + ([bias_t] if bias else [])
+    grad = torch.randn(3, 4, 7, 9, generator=g)
+    got = conv1x1(x, weight, bias_t)
+    ref = F.conv2d(x, weight[..., None, None], bias_t)
+    torch.testing.assert_close(got, ref)
+    for u, v in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(u, v)
+
+
+def test_conv1x1_names_a_weight_that_does_not_fit():
+    with pytest.raises(ValueError, match="6 input channels for an input of 5"):
+        conv1x1(torch.zeros(1, 5, 2, 2), torch.zeros(3, 6))
+
+
+def test_conv1x1_module_is_a_conv2d_with_its_state_dict():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 3, 1)
+    module = Conv1x1(6, 3)
+    module.load_state_dict(conv.state_dict())
+    assert isinstance(module, torch.nn.Conv2d) and module.state_dict().keys() == conv.state_dict().keys()
+    x = torch.randn(2, 6, 5, 4)
+    torch.testing.assert_close(module(x), conv(x))
+    assert Conv1x1(6, 3, bias=False).bias is None

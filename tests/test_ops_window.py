@@ -4,7 +4,8 @@ import torch
 
 from jdnet_plugin.ops import (Aggregation, Subtraction, Subtraction2, aggregation, aggregation_unfold, position,
                               shift_aggregate, subtraction, subtraction2)
-from jdnet_plugin.ops.window import shift_aggregate_backward
+from jdnet_plugin.ops import native
+from jdnet_plugin.ops.window import attention_softmax, shift_aggregate_backward, window_softmax, window_softmax_backward
 
 
 def _reflect(t: int, n: int) -> int:
@@ -157,6 +158,72 @@ def test_torch_export_sees_the_custom_op():
     x = torch.rand(1, 3, 16, 20)
     ep = torch.export.export(m, (x,))
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert "jdnet.shift_aggregate.default" in ops
+    assert {"jdnet.shift_aggregate.default", "jdnet.window_softmax.default"} <= ops
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), m(x), rtol=0, atol=1e-5)
+
+
+def direct_attention_softmax(x1, x2, a, pos, k, slope):
+    """SAM's attention weights from their definition: the relation of every reflected neighbour, weighted by
+    ``a``, plus the position term, then a softmax over the window."""
+    rel = torch.nn.functional.leaky_relu(direct_subtraction2(x1, x2, k), slope)  # (B, R, K, H*W)
+    logits = torch.einsum("sc,bckn->bskn", a, rel) + pos.flatten(2)
+    return logits.softmax(2)
+
+
+@pytest.mark.parametrize("k,h,w", SIZES[:3])
+@pytest.mark.parametrize("r,s", [(1, 1), (2, 3)])
+def test_attention_softmax_matches_definition_forward_and_grad(k, h, w, r, s):
+    g = torch.Generator().manual_seed(k + h + w + r)
+    b = 2
+    x1 = torch.randn(b, r, h, w, generator=g, requires_grad=True)
+    x2 = torch.randn(b, r, h, w, generator=g, requires_grad=True)
+    a = torch.randn(s, r, generator=g, requires_grad=True)
+    pos = torch.randn(s, k * k, h, w, generator=g, requires_grad=True)
+    got = attention_softmax(x1, x2, a, pos, k, 0.2)
+    ref = direct_attention_softmax(x1, x2, a, pos, k, 0.2)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(ref.shape, generator=g)
+    for u, v in zip(torch.autograd.grad(got, (x1, x2, a, pos), grad),
+                    torch.autograd.grad(ref, (x1, x2, a, pos), grad)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_window_softmax_native_kernels_match_pytorch(monkeypatch):
+    """float32 on CPU runs the native kernels where they build; without them (as JDNET_NATIVE=0) PyTorch computes
+    the same, forward and backward, at a size with vector and scalar columns and more than one image."""
+    if not native.available():
+        pytest.skip("no native kernels on this machine")
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(3, 2, 11, 21, generator=g), torch.randn(3, 2, 17, 27, generator=g),
+            torch.randn(2, 2, generator=g), torch.randn(2, 49, 11, 21, generator=g)]
+    grad = torch.randn(3, 2, 49, 11, 21, generator=g)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in args]
+        out = window_softmax(*leaves, 7, 0.2)
+        return out, torch.autograd.grad(out, leaves, grad)
+
+    out, grads = run()
+    assert native.window_softmax(*args, 7, 0.2) is not None  # the native forward ran, not the fallback
+    monkeypatch.setattr(native, "window_softmax", lambda *a: None)
+    monkeypatch.setattr(native, "window_softmax_backward", lambda *a: None)
+    ref, ref_grads = run()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for u, v in zip(grads, ref_grads):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32: the native kernels where they build
+def test_window_softmax_is_a_custom_op_with_backward(dtype):
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(2, 2, 5, 6, dtype=dtype, generator=g, requires_grad=True)
+    x2p = torch.randn(2, 2, 7, 8, dtype=dtype, generator=g, requires_grad=True)
+    a = torch.randn(3, 2, dtype=dtype, generator=g, requires_grad=True)
+    pos = torch.randn(3, 9, 5, 6, dtype=dtype, generator=g, requires_grad=True)
+    torch.library.opcheck(window_softmax, (x1, x2p, a, pos, 3, 0.2))
+    weight = window_softmax(x1, x2p, a, pos, 3, 0.2).detach()
+    torch.library.opcheck(window_softmax_backward, (x1.detach(), x2p.detach(), a.detach(), weight,
+                                                    torch.randn(weight.shape, dtype=dtype, generator=g), 3, 0.2))
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda *t: window_softmax(*t, 3, 0.2), (x1, x2p, a, pos))

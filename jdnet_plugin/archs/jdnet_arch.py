@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import native
-from ..ops.fused import (BAND_PIXELS, FUSION_COLUMNS, SLOPE, add_gathered, bn_affine, compose_nearest, conv1x1,
-                         conv_post, dense_1x1, lrelu_bias, nearest_index, nhwc, position_conv, san_bottleneck)
-from ..ops.window import aggregation, aggregation_unfold, position, subtraction, subtraction2
+from ..ops.fused import (BAND_PIXELS, FUSION_COLUMNS, SLOPE, Conv1x1, add_gathered, bn_affine, compose_nearest,
+                         conv1x1, conv_post, dense_1x1, lrelu_bias, nearest_index, nhwc, position_conv, san_bottleneck)
+from ..ops.window import (aggregation, aggregation_unfold, attention_softmax, exporting, position, subtraction,
+                          subtraction2)
 from ..utils.host_memory import empty_huge
 
 __all__ = ["JDNetConfig", "JDNet", "SAM", "SANBottleneck", "ResidualBlock", "SCConv",
@@ -85,15 +86,15 @@ class SAM(nn.Module):
                  kernel_size: int = 7) -> None:
         super().__init__()
         self.kernel_size = kernel_size
-        self.conv1 = nn.Conv2d(in_planes, rel_planes, 1)
-        self.conv2 = nn.Conv2d(in_planes, rel_planes, 1)
-        self.conv3 = nn.Conv2d(in_planes, mid_planes, 1)
+        self.conv1 = Conv1x1(in_planes, rel_planes)
+        self.conv2 = Conv1x1(in_planes, rel_planes)
+        self.conv3 = Conv1x1(in_planes, mid_planes)
         self.conv_w = nn.Sequential(
             _lrelu(),
-            nn.Conv2d(rel_planes + 2, rel_planes, 1, bias=False),
-            nn.Conv2d(rel_planes, weight_channels, 1),
+            Conv1x1(rel_planes + 2, rel_planes, bias=False),
+            Conv1x1(rel_planes, weight_channels),
         )
-        self.conv_p = nn.Conv2d(2, 2, 1)
+        self.conv_p = Conv1x1(2, 2)
 
         # "fast": folded weight convs and shift-and-accumulate aggregation; "reference": the
         # straightforward computation on unfolded k*k copies. Same result, same parameters.
@@ -107,14 +108,10 @@ class SAM(nn.Module):
         if self.impl == "reference":
             rel = torch.cat([subtraction2(x1, x2, k), subtraction(p, k).expand(b, -1, -1, -1)], 1)
             return self.conv_w(rel).softmax(dim=-2)
-        # Compute the batch-independent position part once.
+        # The batch-independent position part once.
         a, bias = self.folded_weights()
-        rel = F.leaky_relu(subtraction2(x1, x2, k), SLOPE)
-        pos = F.leaky_relu(subtraction(p, k), SLOPE)
-        logits = (torch.einsum("sc,bckn->bskn", a[:, :r], rel)
-                  + torch.einsum("sc,bckn->bskn", a[:, r:], pos)
-                  + bias.view(1, -1, 1, 1))
-        return logits.softmax(dim=-2)
+        pos = torch.einsum("sc,ckn->skn", a[:, r:], F.leaky_relu(subtraction(p, k), SLOPE)[0]) + bias.view(-1, 1, 1)
+        return attention_softmax(x1, x2, a[:, :r], pos, k, SLOPE)
 
     def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``conv_w``, a LeakyReLU then two 1x1 convolutions with nothing between them, as one ``(S, r + 2)``
@@ -142,7 +139,7 @@ class SANBottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.sam = SAM(channels, rel_planes, mid_planes, weight_channels, kernel_size)
         self.bn2 = nn.BatchNorm2d(mid_planes)
-        self.conv = nn.Conv2d(mid_planes, channels, 1)
+        self.conv = Conv1x1(mid_planes, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.leaky_relu(self.bn1(x), SLOPE)
@@ -209,16 +206,20 @@ class SelfCalibratedBottleneck(nn.Module):
     def __init__(self, channels: int, pooling_r: int = 4) -> None:
         super().__init__()
         half = channels // 2
-        self.conv1_a = nn.Conv2d(channels, half, 1)
+        self.conv1_a = Conv1x1(channels, half)
         self.k1 = nn.Sequential(_conv(half, half, 3), _lrelu())
-        self.conv1_b = nn.Conv2d(channels, half, 1)
+        self.conv1_b = Conv1x1(channels, half)
         self.scconv = SCConv(half, pooling_r)
-        self.conv3 = nn.Conv2d(2 * half, channels, 1)
+        self.conv3 = Conv1x1(2 * half, channels)
+        self.impl = "fast"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.k1(F.leaky_relu(self.conv1_a(x), SLOPE))
-        b = self.scconv(F.leaky_relu(self.conv1_b(x), SLOPE))
-        return F.leaky_relu(self.conv3(torch.cat([a, b], 1)) + x, SLOPE)
+        # "fast": the half-width 3x3 convolutions channels_last (oneDNN's backward of so few channels took twice as
+        # long in NCHW); the 1x1 convolutions read NCHW.
+        layout = torch.channels_last if self.impl == "fast" else torch.contiguous_format
+        a = self.k1(F.leaky_relu(self.conv1_a(x), SLOPE).contiguous(memory_format=layout))
+        b = self.scconv(F.leaky_relu(self.conv1_b(x), SLOPE).contiguous(memory_format=layout))
+        return F.leaky_relu(self.conv3(torch.cat([a, b], 1).contiguous()) + x, SLOPE)
 
     def forward_fused(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """``forward(x)`` written into ``out`` ``(B*H*W, C)`` (a column block of the dense buffer)."""
@@ -244,18 +245,21 @@ class JointUnit(nn.Module):
         if cfg.self_attention:
             self.san = SANBottleneck(c, cfg.rel_planes, cfg.mid_planes, cfg.weight_channels, cfg.kernel_size)
         self.res_list = nn.ModuleList(ResidualBlock(c) for _ in range(cfg.scales))
-        self.conv11 = nn.Sequential(nn.Conv2d((cfg.scales + 1) * c, c, 1), _lrelu())
+        self.conv11 = nn.Sequential(Conv1x1((cfg.scales + 1) * c, c), _lrelu())
         if cfg.self_calibration:
             self.scn = SelfCalibratedBottleneck(c, cfg.sc_pooling)
+        self.impl = "fast"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "san"):
             x = self.san(x)
-        feats, t = [x], x
+        # "fast": the scale pyramid's convolutions channels_last, as in SelfCalibratedBottleneck.
+        layout = torch.channels_last if self.impl == "fast" else torch.contiguous_format
+        feats, t = [x], x.contiguous(memory_format=layout)
         for block in self.res_list:
             t = block(t)
             feats.append(F.interpolate(t, x.shape[-2:]))
-        fused = self.conv11(torch.cat(feats, 1)) + x
+        fused = self.conv11(torch.cat(feats, 1).contiguous()) + x
         return self.scn(fused) if hasattr(self, "scn") else fused
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int,
@@ -320,7 +324,7 @@ class DenseChain(nn.Module):
         c = cfg.channels
         self.units = nn.ModuleList(JointUnit(cfg) for _ in range(cfg.units))
         self.conv1x1 = nn.ModuleList(
-            nn.Sequential(nn.Conv2d((i + 2) * c, c, 1), _lrelu()) for i in range(cfg.units)
+            nn.Sequential(Conv1x1((i + 2) * c, c), _lrelu()) for i in range(cfg.units)
         )
         self.impl = "fast"  # "reference": the authors' concatenation of all earlier features at every unit
 
@@ -406,16 +410,16 @@ class JDNet(nn.Module):
         """Switch between ``"fast"`` (default) and ``"reference"``, the straightforward computation.
 
         ``"fast"``: in eval mode where autograd does not record, the blocks' ``forward_fused``; otherwise
-        the modules with folded attention weights and shift-and-accumulate aggregation
-        (``jdnet::shift_aggregate``), the dense chain's fusions as GEMMs over features made once.
+        the modules with the attention's weights and aggregation as two operators with their own backward
+        (``jdnet::window_softmax``, ``jdnet::shift_aggregate``), 1x1 convolutions as GEMMs, the small 3x3
+        convolutions channels_last, the dense chain's fusions as GEMMs over features made once.
         ``"reference"``: the modules as the authors wrote them, every attention tensor unfolded and all earlier
-        features concatenated at every unit of the dense chain.
+        features concatenated at every unit of the dense chain. Every block with an ``impl`` is switched.
         """
         if impl not in ("fast", "reference"):
             raise ValueError(f"attention impl must be 'fast' or 'reference', got {impl!r}")
-        self.impl = impl
         for m in self.modules():
-            if isinstance(m, (SAM, DenseChain)):
+            if hasattr(m, "impl"):
                 m.impl = impl
         return self
 
@@ -443,8 +447,7 @@ class JDNet(nn.Module):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
-        return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                    or torch.compiler.is_compiling())
+        return not (exporting() or torch.compiler.is_compiling())
 
     @property
     def min_size(self) -> int:

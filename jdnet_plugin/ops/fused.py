@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .window import window_padding
+from .window import exporting, window_padding
 
-__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "bn_affine",
+__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "Conv1x1", "bn_affine",
            "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "compose_nearest",
            "add_gathered", "autocast_on", "affine_lrelu", "san_bottleneck", "FUSION_COLUMNS"]
 
@@ -75,8 +75,38 @@ def conv_post(conv: torch.nn.Conv2d, x: torch.Tensor, **post) -> torch.Tensor:
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """1x1 convolution with a 2-D ``(out, in)`` weight (a slice of a wider one); channels_last stays so."""
-    return conv2d_post(x, weight.reshape(*weight.shape, 1, 1).contiguous(), bias)
+    """1x1 convolution, differentiable; ``weight`` ``(out, in)`` (a slice of a wider one) or ``(out, in, 1, 1)``.
+
+    A contiguous (NCHW) fp32 CPU input is one batched GEMM over its pixels: oneDNN's 1x1 convolution of these
+    few channels took 2 to 4 times as long forward and backward. channels_last stays so (oneDNN's fused call
+    where autograd does not record); tracing and exports see a convolution."""
+    w = weight.flatten(1)
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
+    if exporting() or (recorded and not x.is_contiguous()):  # oneDNN's fused call has no backward
+        return F.conv2d(x, w.reshape(*w.shape, 1, 1), bias)
+    if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and x.is_contiguous()
+            and not autocast_on("cpu")):
+        n, c, h, wd = x.shape
+        if w.shape[1] != c:
+            raise ValueError(f"conv1x1: weight of {w.shape[1]} input channels for an input of {c}")
+        # The weight and bias broadcast over the batch as expanded views; autograd sums their gradients.
+        mat, pixels = w.expand(n, -1, -1), x.view(n, c, h * wd)
+        y = torch.bmm(mat, pixels) if bias is None else torch.baddbmm(bias.view(1, -1, 1).expand(n, -1, h * wd),
+                                                                       mat, pixels)
+        return y.view(n, -1, h, wd)
+    return conv2d_post(x, w.reshape(*w.shape, 1, 1).contiguous(), bias)
+
+
+class Conv1x1(torch.nn.Conv2d):
+    """``nn.Conv2d(in_channels, out_channels, 1)`` computed by :func:`conv1x1` (same parameters, same
+    state_dict); ``impl = "reference"``: by ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+        self.impl = "fast"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.impl == "reference" else conv1x1(x, self.weight, self.bias)
 
 
 def dense_1x1(feats: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

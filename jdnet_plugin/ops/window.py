@@ -26,6 +26,10 @@ __all__ = [
     "aggregation_unfold",
     "shift_aggregate",
     "shift_aggregate_backward",
+    "window_softmax",
+    "window_softmax_backward",
+    "attention_softmax",
+    "exporting",
     "Subtraction",
     "Subtraction2",
     "Aggregation",
@@ -45,6 +49,11 @@ def window_padding(x: torch.Tensor, kernel_size: int) -> int:
             f"with reflection: both sides must be at least {pad + 1}"
         )
     return pad
+
+
+def exporting() -> bool:
+    """Whether a tracer or exporter that knows no ``jdnet::`` operators records this call."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 def position(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
@@ -144,6 +153,91 @@ def _shift_aggregate_grad(ctx, grad_out: torch.Tensor):
 shift_aggregate.register_autograd(_shift_aggregate_grad, setup_context=_shift_aggregate_setup)
 
 
+@torch.library.custom_op("jdnet::window_softmax", mutates_args=())
+def window_softmax(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int,
+                   slope: float) -> torch.Tensor:
+    """SAM's attention weights: the softmax over each window of
+    ``pos[s, q, p] + sum_c a[s, c] * lrelu(x1[b, c, p] - x2p[b, c, p + q])``.
+
+    ``x1``: ``(B, R, H, W)``; ``x2p``: ``(B, R, H + k - 1, W + k - 1)`` (padded); ``a``: ``(S, R)``; ``pos``:
+    ``(S, K, H, W)`` the position's part of the logits; returns ``(B, S, K, H, W)``. A ``torch.library`` operator
+    with a fake implementation and a backward (``jdnet::window_softmax_backward``, not differentiable): on CPU in
+    float32 the native kernels compute both without the ``(B, R, K, H*W)`` relation tensor; elsewhere PyTorch.
+    """
+    out = native.window_softmax(x1, x2p, a, pos, kernel_size, slope)
+    return out if out is not None else _window_softmax_torch(x1, x2p, a, pos, kernel_size, slope)
+
+
+def _window_softmax_torch(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int,
+                          slope: float) -> torch.Tensor:
+    """:func:`window_softmax` in tensor operations (what tracers and exporters record)."""
+    b, _, h, w = x1.shape
+    logits = torch.einsum("sc,bckn->bskn", a, _relation(x1, x2p, kernel_size, slope)[0])
+    return (logits.view(b, a.shape[0], -1, h, w) + pos).softmax(dim=2)
+
+
+def _relation(x1: torch.Tensor, x2p: torch.Tensor, kernel_size: int,
+              slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lrelu(x1[p] - x2p[p + q])`` ``(B, R, K, H*W)`` and its derivative with respect to the difference."""
+    b, r, h, w = x1.shape
+    d = x1.reshape(b, r, 1, h * w) - F.unfold(x2p, kernel_size).view(b, r, -1, h * w)
+    return F.leaky_relu(d, slope), torch.where(d > 0, 1.0, slope).to(d.dtype)
+
+
+@window_softmax.register_fake
+def _window_softmax_fake(x1, x2p, a, pos, kernel_size, slope):
+    return x1.new_empty(x1.shape[0], *pos.shape)
+
+
+@torch.library.custom_op("jdnet::window_softmax_backward", mutates_args=())
+def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, weight: torch.Tensor,
+                            grad: torch.Tensor, kernel_size: int,
+                            slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`window_softmax`, whose output was ``weight``, with respect to ``x1``, ``x2p``,
+    ``a`` and ``pos``."""
+    grads = native.window_softmax_backward(x1, x2p, a, weight, grad, kernel_size, slope)
+    if grads is not None:
+        return *grads[:3], grads[3].sum(0)
+    b, r, h, w = x1.shape
+    grad_logits = weight * (grad - (weight * grad).sum(2, keepdim=True))
+    gl = grad_logits.view(b, a.shape[0], -1, h * w)
+    rel, slopes = _relation(x1, x2p, kernel_size, slope)
+    grad_d = torch.einsum("sc,bskn->bckn", a, gl) * slopes
+    grad_x2p = -F.fold(grad_d.reshape(b, -1, h * w), x2p.shape[-2:], kernel_size)
+    return grad_d.sum(2).view_as(x1), grad_x2p, torch.einsum("bskn,bckn->sc", gl, rel), grad_logits.sum(0)
+
+
+@window_softmax_backward.register_fake
+def _window_softmax_backward_fake(x1, x2p, a, weight, grad, kernel_size, slope):
+    return torch.empty_like(x1), torch.empty_like(x2p), torch.empty_like(a), weight.new_empty(weight.shape[1:])
+
+
+def _window_softmax_setup(ctx, inputs, output) -> None:
+    x1, x2p, a, _, kernel_size, slope = inputs
+    ctx.save_for_backward(x1, x2p, a, output)
+    ctx.kernel_size, ctx.slope = kernel_size, slope
+
+
+def _window_softmax_grad(ctx, grad: torch.Tensor):
+    x1, x2p, a, weight = ctx.saved_tensors
+    return *window_softmax_backward(x1, x2p, a, weight, grad, ctx.kernel_size, ctx.slope), None, None
+
+
+window_softmax.register_autograd(_window_softmax_grad, setup_context=_window_softmax_setup)
+
+
+def attention_softmax(x1: torch.Tensor, x2: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int,
+                      slope: float) -> torch.Tensor:
+    """:func:`window_softmax` of ``x2`` ``(B, R, H, W)`` read by reflection, as ``(B, S, K, H*W)``: the weights
+    :func:`aggregation` takes."""
+    pad = window_padding(x2, kernel_size)
+    b, _, h, w = x2.shape
+    x2p = F.pad(x2, (pad, pad, pad, pad), mode="reflect")
+    args = (x1.contiguous(), x2p, a.contiguous(), pos.reshape(a.shape[0], -1, h, w).contiguous(), kernel_size, slope)
+    weights = _window_softmax_torch(*args) if exporting() else window_softmax(*args)
+    return weights.view(b, a.shape[0], -1, h * w)
+
+
 def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Attention-weighted sum over each window, weights shared across channel groups.
 
@@ -164,8 +258,7 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
         )
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
     weight = weight.reshape(b, 1, s, k2, h, w)
-    tracing = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-    out = (_shift_aggregate_torch if tracing else shift_aggregate)(xp, weight, kernel_size)
+    out = (_shift_aggregate_torch if exporting() else shift_aggregate)(xp, weight, kernel_size)
     return out.reshape(b, c, h, w)
 
 

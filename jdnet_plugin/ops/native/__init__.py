@@ -2,13 +2,15 @@
 
 SAN's authors compiled their attention kernels at run time (CuPy); StyleGAN's custom ops do the same
 with a fallback. Here the kernels (``san.c``: the SAN bottleneck with its attention, a 1x1 convolution
-with what follows it, and the attention's aggregation with its backward) are plain C (no Python or
+with what follows it, the attention's weights (relation and softmax) and its aggregation, each with a
+backward) are plain C (no Python or
 PyTorch headers, about a second to build), cached under ``$JDNET_CACHE_DIR`` (default
 ``~/.cache/jdnet_plugin``), called through ``ctypes`` behind a checked interface (:data:`ABI_VERSION`).
 They split their work over PyTorch's own OpenMP threads where the compiler has OpenMP (the SAN kernel
 otherwise over a small thread pool here; the others then leave the work to PyTorch). Where no compiler
 is found, the build fails, or ``JDNET_NATIVE=0``, :func:`san_bottleneck` and :func:`pointwise` return
-False, :func:`shift_aggregate` and :func:`shift_aggregate_backward` None, and callers use PyTorch.
+False, the training kernels (:func:`shift_aggregate`, :func:`window_softmax` and their backwards) None, and
+callers use PyTorch.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "san_bottleneck", "Pointwise", "pointwise", "shift_aggregate", "shift_aggregate_backward",
-           "cache_dir", "ABI_VERSION"]
+           "window_softmax", "window_softmax_backward", "cache_dir", "ABI_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,11 @@ def _build() -> ctypes.CDLL | None:
             lib.jdnet_pointwise.argtypes = [i32, i32, ctypes.POINTER(_PointwiseArgs), i32]
             lib.jdnet_shift_aggregate.argtypes = [ptr] * 3 + [i32] * 7
             lib.jdnet_shift_aggregate_backward.argtypes = [ptr] * 5 + [i32] * 7
+            lib.jdnet_window_softmax.argtypes = [ptr] * 5 + [i32] * 6 + [ctypes.c_float, i32]
+            lib.jdnet_window_softmax_backward.argtypes = [ptr] * 9 + [i32] * 6 + [ctypes.c_float, i32]
             for fn in (lib.jdnet_san, lib.jdnet_pointwise, lib.jdnet_openmp, lib.jdnet_abi_version,
-                       lib.jdnet_pw_args_size, lib.jdnet_shift_aggregate, lib.jdnet_shift_aggregate_backward):
+                       lib.jdnet_pw_args_size, lib.jdnet_shift_aggregate, lib.jdnet_shift_aggregate_backward,
+                       lib.jdnet_window_softmax, lib.jdnet_window_softmax_backward):
                 fn.restype = i32
             return lib
         errors.append(error)
@@ -111,7 +116,7 @@ def _build() -> ctypes.CDLL | None:
 
 # The interface this module calls: JDNET_ABI_VERSION in san.c (argument lists of its functions, the layout of
 # pw_args).
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 def _check_abi(lib: ctypes.CDLL, path: Path) -> None:
@@ -380,3 +385,56 @@ def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: t
     lib.jdnet_shift_aggregate_backward(xp.data_ptr(), weight.data_ptr(), grad_out.data_ptr(), grad_xp.data_ptr(),
                                        grad_w.data_ptr(), *dims, kernel_size, max(1, torch.get_num_threads()))
     return grad_xp, grad_w
+
+
+def _window_shapes(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor,
+                   kernel_size: int) -> tuple[int, ...] | None:
+    """``(B, R, S, H, W)`` where the tensors of :func:`window_softmax` suit its kernels (contiguous CPU float32),
+    else None."""
+    if not all(t.is_contiguous() for t in (x1, x2p, a, pos)):
+        return None
+    b, r, h, w = x1.shape
+    s = a.shape[0]
+    if (x2p.shape != (b, r, h + kernel_size - 1, w + kernel_size - 1) or a.shape != (s, r)
+            or pos.shape != (s, kernel_size * kernel_size, h, w)):
+        raise ValueError(f"window_softmax: inconsistent shapes {tuple(x1.shape)}, {tuple(x2p.shape)}, "
+                         f"{tuple(a.shape)}, {tuple(pos.shape)}, kernel_size {kernel_size}")
+    return b, r, s, h, w
+
+
+def window_softmax(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int,
+                   slope: float) -> torch.Tensor | None:
+    """``jdnet::window_softmax`` (:func:`jdnet_plugin.ops.window.window_softmax`) by the native kernel, or None
+    where the kernels are not available or the tensors do not suit them."""
+    lib = _aggregate_library(x1, x2p, a, pos)
+    dims = _window_shapes(x1, x2p, a, pos, kernel_size) if lib is not None else None
+    if dims is None:
+        return None
+    b, r, s, h, w = dims
+    out = x1.new_empty(b, s, kernel_size * kernel_size, h, w)
+    if lib.jdnet_window_softmax(x1.data_ptr(), x2p.data_ptr(), a.data_ptr(), pos.data_ptr(), out.data_ptr(), *dims,
+                                kernel_size, slope, max(1, torch.get_num_threads())):
+        raise MemoryError("window_softmax: the native kernel could not allocate its row buffers")
+    return out
+
+
+def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, weight: torch.Tensor,
+                            grad: torch.Tensor, kernel_size: int,
+                            slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Gradients of :func:`window_softmax` (of its output ``weight``) with respect to ``x1``, ``x2p``, ``a`` and
+    the logits (``(B, S, K, H, W)``: the caller sums them over the batch for ``pos``), or None where the native
+    kernels do not run."""
+    lib = _aggregate_library(x1, x2p, a, weight, grad)
+    grad = grad.contiguous()
+    dims = _window_shapes(x1, x2p, a, weight[0], kernel_size) if lib is not None and weight.is_contiguous() else None
+    if dims is None:
+        return None
+    b, r, s, h, w = dims
+    grad_logits, grad_x1, grad_x2p = torch.empty_like(weight), torch.empty_like(x1), torch.empty_like(x2p)
+    grad_a = a.new_empty(b, s, r)
+    if lib.jdnet_window_softmax_backward(x1.data_ptr(), x2p.data_ptr(), a.data_ptr(), weight.data_ptr(),
+                                         grad.data_ptr(), grad_logits.data_ptr(), grad_x1.data_ptr(),
+                                         grad_x2p.data_ptr(), grad_a.data_ptr(), *dims, kernel_size, slope,
+                                         max(1, torch.get_num_threads())):
+        raise MemoryError("window_softmax_backward: the native kernel could not allocate its row buffers")
+    return grad_x1, grad_x2p, grad_a.sum(0), grad_logits

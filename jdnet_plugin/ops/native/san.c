@@ -338,7 +338,7 @@ int jdnet_san(const float *x, int64_t ldx, const float *in_bias, const float *s1
 
 /* The interface version the Python side checks on load (bump it with any change of a signature or of
  * pw_args), and the size of pw_args as this compiler lays it out. */
-#define JDNET_ABI_VERSION 3
+#define JDNET_ABI_VERSION 4
 int jdnet_abi_version(void) { return JDNET_ABI_VERSION; }
 
 int jdnet_openmp(void)
@@ -549,4 +549,175 @@ int jdnet_shift_aggregate_backward(const float *xp, const float *w, const float 
             }
     }
     return 0;
+}
+
+/* jdnet::window_softmax (ops/window.py) and its backward, for training: contiguous float32
+ *     x1 (B, R, H, W), x2p (B, R, H + k - 1, W + k - 1), a (S, R), pos (S, K, H, W), w (B, S, K, H, W),
+ *     w[b,s,q,y,x] = softmax over q of pos[s,q,y,x] + sum_c a[s,c] lrelu(x1[b,c,y,x] - x2p[b,c,y+i,x+j]).
+ * SAM's relation, its folded weight convolution and the softmax over the window in one pass: the logits are
+ * written where the weights go and normalised there. Returns 0, or -1 if a row buffer could not be allocated. */
+static void softmax_rows(float *wr, size_t stride, int K, int W, float *mx, float *sum)
+{
+    for (int x = 0; x < W; ++x)
+        mx[x] = wr[x];
+    for (int q = 1; q < K; ++q) {
+        const float *restrict l = wr + q * stride;
+        for (int x = 0; x < W; ++x)
+            mx[x] = l[x] > mx[x] ? l[x] : mx[x];
+    }
+    for (int x = 0; x < W; ++x)
+        sum[x] = 0.f;
+    for (int q = 0; q < K; ++q) {
+        float *restrict l = wr + q * stride;
+        int x = 0;
+        for (; x + 8 <= W; x += 8) {
+            v8 e = vexp_neg(ld(l + x) - ld(mx + x));
+            st(l + x, e);
+            st(sum + x, ld(sum + x) + e);
+        }
+        for (; x < W; ++x) {
+            l[x] = expf(l[x] - mx[x]);
+            sum[x] += l[x];
+        }
+    }
+    for (int x = 0; x < W; ++x)
+        sum[x] = 1.f / sum[x];
+    for (int q = 0; q < K; ++q) {
+        float *restrict l = wr + q * stride;
+        for (int x = 0; x < W; ++x)
+            l[x] *= sum[x];
+    }
+}
+
+int jdnet_window_softmax(const float *x1, const float *x2p, const float *a, const float *pos, float *w, int B, int R,
+                         int S, int H, int W, int k, float slope, int threads)
+{
+    const int Hp = H + k - 1, Wp = W + k - 1, K = k * k;
+    const size_t plane = (size_t)H * W, pplane = (size_t)Hp * Wp;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *buf = malloc(2 * (size_t)W * sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; ++b)
+            for (int y = 0; y < H; ++y) {
+                if (!buf)
+                    continue;
+                for (int s = 0; s < S; ++s) {
+                    float *wr = w + ((size_t)(b * S + s) * K) * plane + (size_t)y * W;
+                    for (int q = 0; q < K; ++q) {
+                        const int i = q / k, j = q % k;
+                        float *restrict l = wr + q * plane;
+                        const float *restrict p = pos + ((size_t)s * K + q) * plane + (size_t)y * W;
+                        for (int x = 0; x < W; ++x)
+                            l[x] = p[x];
+                        for (int c = 0; c < R; ++c) {
+                            const float ac = a[s * R + c];
+                            const float *restrict c1 = x1 + ((size_t)b * R + c) * plane + (size_t)y * W;
+                            const float *restrict c2 = x2p + ((size_t)b * R + c) * pplane + (size_t)(y + i) * Wp + j;
+                            for (int x = 0; x < W; ++x) {
+                                const float d = c1[x] - c2[x];
+                                l[x] += ac * (d > 0.f ? d : slope * d);
+                            }
+                        }
+                    }
+                    softmax_rows(wr, plane, K, W, buf, buf + W);
+                }
+            }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+/* From w and its gradient gw: gl (B, S, K, H, W) the logits' gradient (the caller sums it over b for pos),
+ * gx1 (B, R, H, W), gx2p (B, R, Hp, Wp) and ga (B, S, R) per image (the caller sums it), all written here.
+ * One image per thread: its rows scatter into k rows of gx2p. */
+int jdnet_window_softmax_backward(const float *x1, const float *x2p, const float *a, const float *w, const float *gw,
+                                  float *gl, float *gx1, float *gx2p, float *ga, int B, int R, int S, int H, int W,
+                                  int k, float slope, int threads)
+{
+    const int Hp = H + k - 1, Wp = W + k - 1, K = k * k;
+    const size_t plane = (size_t)H * W, pplane = (size_t)Hp * Wp;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        /* rows: the dot product, the relation's gradient, its value, and S * R accumulators of ga (double) */
+        float *buf = malloc(3 * (size_t)W * sizeof(float));
+        double *acc = malloc((size_t)S * R * W * sizeof(double));
+        if (!buf || !acc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; ++b) {
+            if (!buf || !acc)
+                continue;
+            float *dot = buf, *g = buf + W, *lr = buf + 2 * W;
+            memset(gx1 + (size_t)b * R * plane, 0, (size_t)R * plane * sizeof(float));
+            memset(gx2p + (size_t)b * R * pplane, 0, (size_t)R * pplane * sizeof(float));
+            memset(acc, 0, (size_t)S * R * W * sizeof(double));
+            for (int y = 0; y < H; ++y) {
+                for (int s = 0; s < S; ++s) {
+                    const size_t row = ((size_t)(b * S + s) * K) * plane + (size_t)y * W;
+                    for (int x = 0; x < W; ++x)
+                        dot[x] = 0.f;
+                    for (int q = 0; q < K; ++q) {
+                        const float *restrict wq = w + row + q * plane, *restrict gq = gw + row + q * plane;
+                        for (int x = 0; x < W; ++x)
+                            dot[x] += wq[x] * gq[x];
+                    }
+                    for (int q = 0; q < K; ++q) {
+                        const float *restrict wq = w + row + q * plane, *restrict gq = gw + row + q * plane;
+                        float *restrict lq = gl + row + q * plane;
+                        for (int x = 0; x < W; ++x)
+                            lq[x] = wq[x] * (gq[x] - dot[x]);
+                    }
+                }
+                for (int c = 0; c < R; ++c) {
+                    const float *restrict c1 = x1 + ((size_t)b * R + c) * plane + (size_t)y * W;
+                    float *restrict g1 = gx1 + ((size_t)b * R + c) * plane + (size_t)y * W;
+                    for (int q = 0; q < K; ++q) {
+                        const int i = q / k, j = q % k;
+                        const size_t off = ((size_t)b * R + c) * pplane + (size_t)(y + i) * Wp + j;
+                        const float *restrict c2 = x2p + off;
+                        float *restrict g2 = gx2p + off;
+                        for (int x = 0; x < W; ++x)
+                            g[x] = 0.f;
+                        for (int s = 0; s < S; ++s) {
+                            const float as = a[s * R + c];
+                            const float *restrict lq = gl + ((size_t)(b * S + s) * K + q) * plane + (size_t)y * W;
+                            for (int x = 0; x < W; ++x)
+                                g[x] += as * lq[x];
+                        }
+                        for (int x = 0; x < W; ++x) {
+                            const float d = c1[x] - c2[x];
+                            const float gd = d > 0.f ? g[x] : slope * g[x];
+                            lr[x] = d > 0.f ? d : slope * d;
+                            g1[x] += gd;
+                            g2[x] -= gd;
+                        }
+                        for (int s = 0; s < S; ++s) {
+                            const float *restrict lq = gl + ((size_t)(b * S + s) * K + q) * plane + (size_t)y * W;
+                            double *restrict as = acc + ((size_t)s * R + c) * W;
+                            for (int x = 0; x < W; ++x)
+                                as[x] += (double)(lq[x] * lr[x]);
+                        }
+                    }
+                }
+            }
+            for (int sc = 0; sc < S * R; ++sc) {
+                double t = 0.0;
+                for (int x = 0; x < W; ++x)
+                    t += acc[(size_t)sc * W + x];
+                ga[(size_t)b * S * R + sc] = (float)t;
+            }
+        }
+        free(buf);
+        free(acc);
+    }
+    return failed ? -1 : 0;
 }
