@@ -14,7 +14,8 @@
 # slant-torrent-seed17: its second seed, run with CANDIDATES=slant-torrent-seed17). Stage 17: STAGE=stage17
 # (soup-ema: the same recipe from stage 16, the default, with a moving average of the weights; soup-ema-seed19: its
 # second seed, run with CANDIDATES=soup-ema-seed19). Stage 18: STAGE=stage18 (crop192: stage 17's recipe from stage
-# 17 with 192x192 crops in batches of 4, 1200 steps).
+# 17 with 192x192 crops in batches of 4, 1200 steps). Stage 19: STAGE=stage19 (wide32, wide32-seed22: stage 17 widened to
+# 32 channels, then stage 17's recipe, 900 steps, two seeds).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -34,7 +35,8 @@ case $STAGE in
   stage16) default="slant-torrent" ;;
   stage17) default="soup-ema" ;;
   stage18) default="crop192" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14, stage16, stage17 or stage18, not '$STAGE'" >&2; exit 2 ;;
+  stage19) default="wide32 wide32-seed22" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage19, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"
