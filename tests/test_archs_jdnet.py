@@ -113,3 +113,27 @@ def test_too_small_or_wrong_input_is_a_clear_error():
 def test_double_precision():
     model = create_model("jdnet", **TINY).double().eval()
     assert model(torch.rand(1, 3, 6, 6, dtype=torch.double)).dtype == torch.double
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_training_step_under_bf16_autocast(impl):
+    """The trainer's amp setting (bf16, its default on CUDA): forward and backward run, every gradient finite."""
+    torch.manual_seed(2)
+    model = create_model("jdnet-lite", units=2, scales=2).set_attention_impl(impl).train()
+    x = torch.rand(2, 3, 17, 15)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = (model(x).float() - x).abs().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_attention_block_trains_under_bf16_autocast():
+    """Its embeddings come out of autocast in bf16, its folded weights and position term in fp32."""
+    from jdnet_plugin.archs.jdnet_arch import SAM
+    torch.manual_seed(3)
+    sam = SAM(8, 2, 8, 4, 7)
+    x = torch.randn(2, 8, 10, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sam(x)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in sam.parameters())

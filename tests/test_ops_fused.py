@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jdnet_plugin.ops.fused import Conv1x1, conv1x1, dense_1x1
+from jdnet_plugin.ops.fused import Conv1x1, conv1x1, conv2d_post, dense_1x1
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -82,3 +82,20 @@ def test_conv1x1_module_is_a_conv2d_with_its_state_dict():
     x = torch.randn(2, 6, 5, 4)
     torch.testing.assert_close(module(x), conv(x))
     assert Conv1x1(6, 3, bias=False).bias is None
+
+
+def test_conv1x1_leaves_tensors_contiguous_in_both_layouts_to_onednn():
+    """A channels_last feature of 1x1 pixels (the coarsest scale of a small tile) is also NCHW-contiguous: the
+    inference path keeps oneDNN's numerics for it."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 1, 1, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, generator=g)
+    with torch.no_grad():
+        assert torch.equal(conv1x1(x, w), conv2d_post(x, w[..., None, None], None))
+
+
+def test_conv1x1_module_takes_an_unbatched_input_as_conv2d_does():
+    torch.manual_seed(0)
+    module = Conv1x1(4, 3)
+    x = torch.randn(4, 5, 6)
+    torch.testing.assert_close(module(x), F.conv2d(x[None], module.weight, module.bias)[0])

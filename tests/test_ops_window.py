@@ -227,3 +227,31 @@ def test_window_softmax_is_a_custom_op_with_backward(dtype):
                                                     torch.randn(weight.shape, dtype=dtype, generator=g), 3, 0.2))
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(lambda *t: window_softmax(*t, 3, 0.2), (x1, x2p, a, pos))
+
+
+def test_attention_softmax_under_bf16_autocast_trains():
+    """Under autocast the embeddings come in bf16 and the folded weights in fp32; forward and backward must
+    meet one dtype."""
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(2, 2, 9, 10, generator=g).bfloat16().requires_grad_()
+    x2 = torch.randn(2, 2, 9, 10, generator=g).bfloat16().requires_grad_()
+    a = torch.randn(1, 2, generator=g, requires_grad=True)
+    pos = torch.randn(1, 49, 9, 10, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention_softmax(x1, x2, a, pos, 7, 0.2)
+    out.float().square().sum().backward()
+    ref = direct_attention_softmax(x1.float(), x2.float(), a, pos, 7, 0.2)
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=1e-5)
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (x1, x2, a, pos))
+
+
+def test_attention_softmax_of_an_empty_batch():
+    out = attention_softmax(torch.zeros(0, 1, 5, 6), torch.zeros(0, 1, 5, 6), torch.ones(1, 1),
+                            torch.zeros(1, 9, 5, 6), 3, 0.2)
+    assert out.shape == (0, 1, 9, 30)
+
+
+def test_window_softmax_names_mixed_dtypes():
+    with pytest.raises(ValueError, match="one dtype"):
+        window_softmax(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 6, 6), torch.ones(1, 1, dtype=torch.float64),
+                       torch.zeros(1, 9, 4, 4), 3, 0.2)

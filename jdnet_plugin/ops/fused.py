@@ -77,15 +77,17 @@ def conv_post(conv: torch.nn.Conv2d, x: torch.Tensor, **post) -> torch.Tensor:
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution, differentiable; ``weight`` ``(out, in)`` (a slice of a wider one) or ``(out, in, 1, 1)``.
 
-    A contiguous (NCHW) fp32 CPU input is one batched GEMM over its pixels: oneDNN's 1x1 convolution of these
-    few channels took 2 to 4 times as long forward and backward. channels_last stays so (oneDNN's fused call
-    where autograd does not record); tracing and exports see a convolution."""
+    An NCHW fp32 CPU input is one batched GEMM over its pixels: oneDNN's 1x1 convolution of these few channels
+    took 2 to 4 times as long forward and backward. channels_last stays so (oneDNN's fused call where autograd
+    does not record); TorchScript tracing and ONNX export see a convolution."""
     w = weight.flatten(1)
+    # A tensor contiguous in both layouts (1x1 pixels, one channel) is left to oneDNN as before.
+    nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
-    if exporting() or (recorded and not x.is_contiguous()):  # oneDNN's fused call has no backward
+    if exporting() or (recorded and not nchw):  # oneDNN's fused call has no backward
         return F.conv2d(x, w.reshape(*w.shape, 1, 1), bias)
-    if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and x.is_contiguous()
-            and not autocast_on("cpu")):
+    if x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and nchw \
+            and not autocast_on("cpu"):
         n, c, h, wd = x.shape
         if w.shape[1] != c:
             raise ValueError(f"conv1x1: weight of {w.shape[1]} input channels for an input of {c}")
@@ -106,7 +108,8 @@ class Conv1x1(torch.nn.Conv2d):
         self.impl = "fast"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) if self.impl == "reference" else conv1x1(x, self.weight, self.bias)
+        reference = self.impl == "reference" or x.dim() != 4  # nn.Conv2d also takes an unbatched (C, H, W)
+        return super().forward(x) if reference else conv1x1(x, self.weight, self.bias)
 
 
 def dense_1x1(feats: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

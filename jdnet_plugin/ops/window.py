@@ -10,6 +10,8 @@ offsets ordered row-major, as ``F.unfold`` orders them.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -162,8 +164,12 @@ def window_softmax(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: to
     ``x1``: ``(B, R, H, W)``; ``x2p``: ``(B, R, H + k - 1, W + k - 1)`` (padded); ``a``: ``(S, R)``; ``pos``:
     ``(S, K, H, W)`` the position's part of the logits; returns ``(B, S, K, H, W)``. A ``torch.library`` operator
     with a fake implementation and a backward (``jdnet::window_softmax_backward``, not differentiable): on CPU in
-    float32 the native kernels compute both without the ``(B, R, K, H*W)`` relation tensor; elsewhere PyTorch.
+    float32 the native kernels compute both without the ``(B, R, K, H*W)`` relation tensor (where they run on all
+    of PyTorch's threads or PyTorch has one, as for :func:`shift_aggregate`); elsewhere PyTorch.
     """
+    if len({x1.dtype, x2p.dtype, a.dtype, pos.dtype}) > 1:
+        raise ValueError(f"window_softmax: x1, x2p, a and pos must have one dtype, got {x1.dtype}, {x2p.dtype}, "
+                         f"{a.dtype} and {pos.dtype} (attention_softmax promotes them)")
     out = native.window_softmax(x1, x2p, a, pos, kernel_size, slope)
     return out if out is not None else _window_softmax_torch(x1, x2p, a, pos, kernel_size, slope)
 
@@ -232,10 +238,15 @@ def attention_softmax(x1: torch.Tensor, x2: torch.Tensor, a: torch.Tensor, pos: 
     :func:`aggregation` takes."""
     pad = window_padding(x2, kernel_size)
     b, _, h, w = x2.shape
-    x2p = F.pad(x2, (pad, pad, pad, pad), mode="reflect")
-    args = (x1.contiguous(), x2p, a.contiguous(), pos.reshape(a.shape[0], -1, h, w).contiguous(), kernel_size, slope)
+    k2 = kernel_size * kernel_size
+    # One dtype for all four: under autocast the embeddings come in bf16 and the folded weights in fp32, and the
+    # backward (which autocast does not see) would meet both.
+    dtype = functools.reduce(torch.promote_types, (x1.dtype, x2.dtype, a.dtype, pos.dtype))
+    x2p = F.pad(x2.to(dtype), (pad, pad, pad, pad), mode="reflect")
+    args = (x1.to(dtype).contiguous(), x2p, a.to(dtype).contiguous(),
+            pos.to(dtype).reshape(a.shape[0], k2, h, w).contiguous(), kernel_size, slope)
     weights = _window_softmax_torch(*args) if exporting() else window_softmax(*args)
-    return weights.view(b, a.shape[0], -1, h * w)
+    return weights.view(b, a.shape[0], k2, h * w)
 
 
 def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:

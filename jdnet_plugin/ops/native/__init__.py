@@ -387,18 +387,16 @@ def shift_aggregate_backward(xp: torch.Tensor, weight: torch.Tensor, grad_out: t
     return grad_xp, grad_w
 
 
-def _window_shapes(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor,
-                   kernel_size: int) -> tuple[int, ...] | None:
-    """``(B, R, S, H, W)`` where the tensors of :func:`window_softmax` suit its kernels (contiguous CPU float32),
-    else None."""
-    if not all(t.is_contiguous() for t in (x1, x2p, a, pos)):
-        return None
+def _window_shapes(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos_shape: torch.Size,
+                   kernel_size: int) -> tuple[int, ...]:
+    """``(B, R, S, H, W)`` of :func:`window_softmax`'s tensors (``pos_shape``: ``(S, K, H, W)``); a clear error
+    where they do not fit together."""
     b, r, h, w = x1.shape
     s = a.shape[0]
     if (x2p.shape != (b, r, h + kernel_size - 1, w + kernel_size - 1) or a.shape != (s, r)
-            or pos.shape != (s, kernel_size * kernel_size, h, w)):
+            or tuple(pos_shape) != (s, kernel_size * kernel_size, h, w)):
         raise ValueError(f"window_softmax: inconsistent shapes {tuple(x1.shape)}, {tuple(x2p.shape)}, "
-                         f"{tuple(a.shape)}, {tuple(pos.shape)}, kernel_size {kernel_size}")
+                         f"{tuple(a.shape)}, {tuple(pos_shape)}, kernel_size {kernel_size}")
     return b, r, s, h, w
 
 
@@ -407,9 +405,9 @@ def window_softmax(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: to
     """``jdnet::window_softmax`` (:func:`jdnet_plugin.ops.window.window_softmax`) by the native kernel, or None
     where the kernels are not available or the tensors do not suit them."""
     lib = _aggregate_library(x1, x2p, a, pos)
-    dims = _window_shapes(x1, x2p, a, pos, kernel_size) if lib is not None else None
-    if dims is None:
+    if lib is None or not all(t.is_contiguous() for t in (x1, x2p, a, pos)):
         return None
+    dims = _window_shapes(x1, x2p, a, pos.shape, kernel_size)
     b, r, s, h, w = dims
     out = x1.new_empty(b, s, kernel_size * kernel_size, h, w)
     if lib.jdnet_window_softmax(x1.data_ptr(), x2p.data_ptr(), a.data_ptr(), pos.data_ptr(), out.data_ptr(), *dims,
@@ -425,10 +423,10 @@ def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor
     the logits (``(B, S, K, H, W)``: the caller sums them over the batch for ``pos``), or None where the native
     kernels do not run."""
     lib = _aggregate_library(x1, x2p, a, weight, grad)
-    grad = grad.contiguous()
-    dims = _window_shapes(x1, x2p, a, weight[0], kernel_size) if lib is not None and weight.is_contiguous() else None
-    if dims is None:
+    if lib is None or not all(t.is_contiguous() for t in (x1, x2p, a, weight)):
         return None
+    grad = grad.contiguous()
+    dims = _window_shapes(x1, x2p, a, weight.shape[1:], kernel_size)
     b, r, s, h, w = dims
     grad_logits, grad_x1, grad_x2p = torch.empty_like(weight), torch.empty_like(x1), torch.empty_like(x2p)
     grad_a = a.new_empty(b, s, r)
