@@ -255,3 +255,17 @@ def test_window_softmax_names_mixed_dtypes():
     with pytest.raises(ValueError, match="one dtype"):
         window_softmax(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 6, 6), torch.ones(1, 1, dtype=torch.float64),
                        torch.zeros(1, 9, 4, 4), 3, 0.2)
+
+
+def test_compiled_training_step_through_the_attention_weights():
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(2, 2, 9, 11, generator=g, requires_grad=True),
+            torch.randn(2, 2, 9, 11, generator=g, requires_grad=True),
+            torch.randn(1, 2, generator=g, requires_grad=True),
+            torch.randn(1, 9, 9, 11, generator=g, requires_grad=True)]
+    compiled = torch.compile(lambda *t: attention_softmax(*t, 3, 0.2), backend="aot_eager")
+    out = compiled(*args)
+    ref = direct_attention_softmax(*args, 3, 0.2)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), args), torch.autograd.grad(ref.square().sum(), args)):
+        torch.testing.assert_close(a, b)
