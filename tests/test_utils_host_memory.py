@@ -40,11 +40,12 @@ def test_keep_freed_memory_avoids_refaulting_freed_blocks(mb, large):  # and abo
     kept, kept_on = _faults("1", mb, large)
     default, default_on = _faults("0", mb, large)
     assert (kept_on, default_on) == ("True", "False")
-    # 27 allocations of MB megabytes (256 pages each per MB): kept, at most about one of them is faulted in;
+    # 27 allocations of MB megabytes (256 pages each per MB): kept, at most one round's three are faulted in (at
+    # 48 MB, 1 to 3 of them from run to run: where the heap cannot grow in place, glibc maps a block once);
     # glibc's default (whose dynamic thresholds vary from run to run; always mmap above 32 MiB) gives some back
-    # and faults them in again.
+    # and faults them in again (all 27 at 48 MB).
     pages = mb * 256
-    assert kept < 2 * pages
+    assert kept <= 3 * pages
     assert kept < default / 2
 
 
