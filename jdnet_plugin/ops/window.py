@@ -171,23 +171,25 @@ def window_softmax(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: to
         raise ValueError(f"window_softmax: x1, x2p, a and pos must have one dtype, got {x1.dtype}, {x2p.dtype}, "
                          f"{a.dtype} and {pos.dtype} (attention_softmax promotes them)")
     out = native.window_softmax(x1, x2p, a, pos, kernel_size, slope)
-    return out if out is not None else _window_softmax_torch(x1, x2p, a, pos, kernel_size, slope)
+    if out is not None:
+        return out
+    with torch.autocast(x1.device.type, enabled=False):  # in the inputs' dtype, as the native kernel computes
+        return _window_softmax_torch(x1, x2p, a, pos, kernel_size, slope)
 
 
 def _window_softmax_torch(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor, pos: torch.Tensor, kernel_size: int,
                           slope: float) -> torch.Tensor:
     """:func:`window_softmax` in tensor operations (what tracers and exporters record)."""
     b, _, h, w = x1.shape
-    logits = torch.einsum("sc,bckn->bskn", a, _relation(x1, x2p, kernel_size, slope)[0])
-    return (logits.view(b, a.shape[0], -1, h, w) + pos).softmax(dim=2)
+    rel = F.leaky_relu(_difference(x1, x2p, kernel_size), slope)
+    logits = torch.einsum("sc,bckn->bskn", a, rel)
+    return (logits.view(b, a.shape[0], kernel_size * kernel_size, h, w) + pos).softmax(dim=2)
 
 
-def _relation(x1: torch.Tensor, x2p: torch.Tensor, kernel_size: int,
-              slope: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lrelu(x1[p] - x2p[p + q])`` ``(B, R, K, H*W)`` and its derivative with respect to the difference."""
+def _difference(x1: torch.Tensor, x2p: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``x1[p] - x2p[p + q]``, ``(B, R, K, H*W)``: the relation before its LeakyReLU."""
     b, r, h, w = x1.shape
-    d = x1.reshape(b, r, 1, h * w) - F.unfold(x2p, kernel_size).view(b, r, -1, h * w)
-    return F.leaky_relu(d, slope), torch.where(d > 0, 1.0, slope).to(d.dtype)
+    return x1.reshape(b, r, 1, h * w) - F.unfold(x2p, kernel_size).view(b, r, kernel_size * kernel_size, h * w)
 
 
 @window_softmax.register_fake
@@ -203,12 +205,13 @@ def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor
     ``a`` and ``pos``."""
     grads = native.window_softmax_backward(x1, x2p, a, weight, grad, kernel_size, slope)
     if grads is not None:
-        return *grads[:3], grads[3].sum(0)
+        return grads
     b, r, h, w = x1.shape
     grad_logits = weight * (grad - (weight * grad).sum(2, keepdim=True))
-    gl = grad_logits.view(b, a.shape[0], -1, h * w)
-    rel, slopes = _relation(x1, x2p, kernel_size, slope)
-    grad_d = torch.einsum("sc,bskn->bckn", a, gl) * slopes
+    gl = grad_logits.view(b, a.shape[0], kernel_size * kernel_size, h * w)
+    d = _difference(x1, x2p, kernel_size)
+    rel = F.leaky_relu(d, slope)
+    grad_d = torch.einsum("sc,bskn->bckn", a, gl) * torch.where(d > 0, 1.0, slope).to(d.dtype)
     grad_x2p = -F.fold(grad_d.reshape(b, -1, h * w), x2p.shape[-2:], kernel_size)
     return grad_d.sum(2).view_as(x1), grad_x2p, torch.einsum("bskn,bckn->sc", gl, rel), grad_logits.sum(0)
 

@@ -420,8 +420,7 @@ def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor
                             grad: torch.Tensor, kernel_size: int,
                             slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Gradients of :func:`window_softmax` (of its output ``weight``) with respect to ``x1``, ``x2p``, ``a`` and
-    the logits (``(B, S, K, H, W)``: the caller sums them over the batch for ``pos``), or None where the native
-    kernels do not run."""
+    ``pos`` (the logits' gradient summed over the batch), or None where the native kernels do not run."""
     lib = _aggregate_library(x1, x2p, a, weight, grad)
     if lib is None or not all(t.is_contiguous() for t in (x1, x2p, a, weight)):
         return None
@@ -435,4 +434,4 @@ def window_softmax_backward(x1: torch.Tensor, x2p: torch.Tensor, a: torch.Tensor
                                          grad_x2p.data_ptr(), grad_a.data_ptr(), *dims, kernel_size, slope,
                                          max(1, torch.get_num_threads())):
         raise MemoryError("window_softmax_backward: the native kernel could not allocate its row buffers")
-    return grad_x1, grad_x2p, grad_a.sum(0), grad_logits
+    return grad_x1, grad_x2p, grad_a.sum(0), grad_logits.sum(0)
