@@ -78,6 +78,12 @@ class JDNetConfig:
         return cls(**d)
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a channels_last tensor (not also contiguous), else ``contiguous_format``."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 class SAM(nn.Module):
     """Pairwise self-attention: relation of ``conv1(x)`` and ``conv2(x)`` plus position, weights by
     ``conv_w`` and a softmax over the window, aggregation of ``conv3(x)``."""
@@ -144,7 +150,7 @@ class SANBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.leaky_relu(self.bn1(x), SLOPE)
         o = F.leaky_relu(self.bn2(self.sam(o)), SLOPE)
-        return self.conv(o) + x
+        return self.conv(o.contiguous(memory_format=layout_of(x))) + x
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None = None,
                       band_pixels: int = BAND_PIXELS) -> torch.Tensor:
@@ -215,11 +221,11 @@ class SelfCalibratedBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # "fast": the half-width 3x3 convolutions channels_last (oneDNN's backward of so few channels took twice as
-        # long in NCHW); the 1x1 convolutions read NCHW.
+        # long in NCHW).
         layout = torch.channels_last if self.impl == "fast" else torch.contiguous_format
         a = self.k1(F.leaky_relu(self.conv1_a(x), SLOPE).contiguous(memory_format=layout))
         b = self.scconv(F.leaky_relu(self.conv1_b(x), SLOPE).contiguous(memory_format=layout))
-        return F.leaky_relu(self.conv3(torch.cat([a, b], 1).contiguous()) + x, SLOPE)
+        return F.leaky_relu(self.conv3(torch.cat([a, b], 1).contiguous(memory_format=layout_of(x))) + x, SLOPE)
 
     def forward_fused(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """``forward(x)`` written into ``out`` ``(B*H*W, C)`` (a column block of the dense buffer)."""
@@ -275,7 +281,8 @@ class JointUnit(nn.Module):
         t = x.contiguous(memory_format=torch.channels_last)
         for s, block in enumerate(self.res_list, 1):
             t = block(t)
-            fused = fused + F.interpolate(conv1x1(t.contiguous(), wgt[:, s * c:(s + 1) * c]), x.shape[-2:])
+            fused = fused + F.interpolate(conv1x1(t.contiguous(memory_format=layout_of(x)), wgt[:, s * c:(s + 1) * c]),
+                                          x.shape[-2:])
         return F.leaky_relu(fused, SLOPE) + x
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int,
@@ -354,12 +361,14 @@ class DenseChain(nn.Module):
         # Features are kept as (pixels, channels) matrices, each made once, and each fusion's GEMMs read them
         # where they are: the concatenations and oneDNN's 1x1 convolutions over them took about 1.5-2x as long
         # in a training step of jdnet.
+        # The features stay channels_last, so that these matrices are their storage (no copies).
         b, c, h, w = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
         feats, out = [nhwc(x).reshape(-1, c)], x
         for unit, fuse in zip(self.units, self.conv1x1):
             feats.append(nhwc(unit(out)).reshape(-1, c))
             y = F.leaky_relu(dense_1x1(feats, fuse[0].weight, fuse[0].bias), SLOPE)
-            out = y.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+            out = y.view(b, h, w, c).permute(0, 3, 1, 2)
         return out
 
     @staticmethod
@@ -427,8 +436,8 @@ class JDNet(nn.Module):
 
         ``"fast"``: in eval mode where autograd does not record, the blocks' ``forward_fused``; otherwise
         the modules with the attention's weights and aggregation as two operators with their own backward
-        (``jdnet::window_softmax``, ``jdnet::shift_aggregate``), 1x1 convolutions as GEMMs, the small 3x3
-        convolutions channels_last, the dense chain's fusions as GEMMs over features made once.
+        (``jdnet::window_softmax``, ``jdnet::shift_aggregate``), features channels_last, 1x1 convolutions as GEMMs
+        over their storage, the dense chain's fusions as GEMMs over features made once.
         ``"reference"``: the modules as the authors wrote them, every attention tensor unfolded and all earlier
         features concatenated at every unit of the dense chain. Every block with an ``impl`` is switched.
         """

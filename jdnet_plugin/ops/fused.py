@@ -77,25 +77,32 @@ def conv_post(conv: torch.nn.Conv2d, x: torch.Tensor, **post) -> torch.Tensor:
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution, differentiable; ``weight`` ``(out, in)`` (a slice of a wider one) or ``(out, in, 1, 1)``.
 
-    An NCHW fp32 CPU input is one batched GEMM over its pixels: oneDNN's 1x1 convolution of these few channels
-    took 2 to 4 times as long forward and backward. channels_last stays so (oneDNN's fused call where autograd
-    does not record); TorchScript tracing and ONNX export see a convolution."""
+    An fp32 CPU input is one GEMM over its pixels: batched over NCHW images, or over a channels_last tensor's
+    ``(pixels, channels)`` storage where autograd records (a channels_last result); oneDNN's 1x1 convolution of
+    these few channels took 2 to 4 times as long forward and backward. Where autograd does not record, channels_last
+    goes to oneDNN's fused call; TorchScript tracing and ONNX export see a convolution."""
     w = weight.flatten(1)
     # A tensor contiguous in both layouts (1x1 pixels, one channel) is left to oneDNN as before.
     nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    nhwc_in = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not nchw
     recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
-    if exporting() or (recorded and not nchw):  # oneDNN's fused call has no backward
+    gemm = x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and not autocast_on("cpu")
+    if x.dim() == 4 and w.shape[1] != x.shape[1]:
+        raise ValueError(f"conv1x1: weight of {w.shape[1]} input channels for an input of {x.shape[1]}")
+    if exporting() or (recorded and not nchw and not (gemm and nhwc_in)):  # oneDNN's fused call has no backward
         return F.conv2d(x, w.reshape(*w.shape, 1, 1), bias)
-    if x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and nchw \
-            and not autocast_on("cpu"):
+    if gemm and nchw:
         n, c, h, wd = x.shape
-        if w.shape[1] != c:
-            raise ValueError(f"conv1x1: weight of {w.shape[1]} input channels for an input of {c}")
         # The weight and bias broadcast over the batch as expanded views; autograd sums their gradients.
         mat, pixels = w.expand(n, -1, -1), x.view(n, c, h * wd)
         y = torch.bmm(mat, pixels) if bias is None else torch.baddbmm(bias.view(1, -1, 1).expand(n, -1, h * wd),
                                                                        mat, pixels)
         return y.view(n, -1, h, wd)
+    if gemm and recorded:  # channels_last: one GEMM over its (pixels, channels) storage, channels_last out
+        n, c, h, wd = x.shape
+        rows = nhwc(x).reshape(-1, c)
+        y = torch.mm(rows, w.t()) if bias is None else torch.addmm(bias, rows, w.t())
+        return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
     return conv2d_post(x, w.reshape(*w.shape, 1, 1).contiguous(), bias)
 
 
