@@ -50,7 +50,8 @@ def test_dense_1x1_under_bf16_autocast_matches_the_convolution(bias):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "weight slice"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv1x1_is_the_convolution_forward_and_backward(layout, bias):
-    """NCHW float32 on CPU is a batched GEMM, channels_last stays with oneDNN; both are the convolution."""
+    """NCHW float32 on CPU is a batched GEMM, channels_last one GEMM over its storage (channels_last out); both are
+    the convolution."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 7, 9, generator=g)
     if layout == "channels_last":
@@ -64,6 +65,7 @@ def test_conv1x1_is_the_convolution_forward_and_backward(layout, bias):
     got = conv1x1(x, weight, bias_t)
     ref = F.conv2d(x, weight[..., None, None], bias_t)
     torch.testing.assert_close(got, ref)
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     for u, v in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(ref, params, grad)):
         torch.testing.assert_close(u, v)
 

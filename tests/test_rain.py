@@ -34,6 +34,7 @@ def test_presets_present_and_valid():
     assert set(PRESETS["broad-slant"].choices) == {"broad-long", "slant"}  # and then (stage 12)
     assert set(PRESETS["broad-torrent"].choices) == {"broad-long", "torrent"}  # (stage 14)
     assert set(PRESETS["broad-slant-torrent"].choices) == {"broad-long", "slant", "torrent"}  # (stage 16)
+    assert PRESETS["broad-over"].choices == ("broad-slant-torrent",) and PRESETS["broad-over"].over == 0.5  # (20)
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent"}
@@ -175,6 +176,11 @@ def test_load_presets_roundtrip(tmp_path):
     assert dict(load_presets(f)["sharp"].camera) == {"sharpen": (0.0, 2.0)}
     f.write_text(yaml.safe_dump({"bad": {"mix": {"light": 1}, "camera": {"sharpn": 1}}}))
     with pytest.raises(ValueError, match="p.yaml.*sharpn"):
+        load_presets(f)
+    f.write_text(yaml.safe_dump({"occluding": {"mix": {"light": 1}, "over": 0.25}}))
+    assert load_presets(f)["occluding"].over == 0.25
+    f.write_text(yaml.safe_dump({"bad": {"mix": {"light": 1}, "over": "half"}}))
+    with pytest.raises(ValueError, match="p.yaml.*over"):
         load_presets(f)
 
 

@@ -156,6 +156,27 @@ def test_mixture_camera_replaces_the_drawn_presets_camera_fields():
     assert outer.sharpen == 0.5 and outer.sharpen_sigma == (0.6, 1.4)
 
 
+def test_over_blend_occludes_bright_regions_and_lights_dark_ones():
+    half = torch.zeros(3, 64, 64)
+    half[..., 32:] = 1.0  # black left, white right: the drops' radiance lies between
+    layer = StreakLayer(density=0.01, length=30, width=1.0, brightness=0.6)
+    over = add_rain(half, RainParams(layers=(layer,), blend="over"), seed=0)
+    added = add_rain(half, RainParams(layers=(layer,), blend="add"), seed=0)
+    assert torch.equal(added[..., 32:], half[..., 32:])  # added rain cannot show on white
+    assert over[..., 32:].min() < 0.9 and over[..., :32].max() > 0.2  # occluding rain darkens white, lights black
+    # Its radiance is the mean colour (0.5) at least part of the way (0.3 to 1.0) to white: 0.65 or more.
+    assert float(over[..., 32:].min()) >= 1 - 0.6 * (1 - 0.65) - 1e-6
+    grey = torch.full((3, 32, 32), 0.5)
+    assert torch.equal(add_rain(grey, RainParams(layers=(), blend="over"), seed=0), grey)  # no streaks, no change
+    always, never = Mixture(("light",), over=1.0), Mixture(("light",), over=0.0)
+    g = make_generator(0)
+    assert always.draw(g).blend == "over" and never.draw(g).blend == PRESETS["light"].blend
+    shares = [PRESETS["broad-over"].draw(g).blend == "over" for _ in range(400)]
+    assert 0.4 < np.mean(shares) < 0.6
+    with pytest.raises(ValueError, match="over"):
+        Mixture(("light",), over=1.5)
+
+
 def test_probability_blend_and_mixture_weights():
     x = _scene()
     absent = RainParams(layers=(StreakLayer(density=0.01, p=0.0),), noise_layers=(NoiseStreaks(p=0.0),))

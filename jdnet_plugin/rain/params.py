@@ -189,7 +189,7 @@ class Camera:
                                    sharpen_sigma=_scale(self.sharpen_sigma, factor))
 
 
-BLENDS = ("screen", "add", "either")
+BLENDS = ("screen", "add", "either", "over")
 _COMPONENTS = {"layers": StreakLayer, "noise_layers": NoiseStreaks, "image_layers": StreakImages}
 
 
@@ -198,8 +198,10 @@ class RainParams:
     """Rain to add, composed of layers: a haze veil beneath (accumulation), streak sources over it
     (line-kernel ``layers``, ``noise_layers``, ``image_layers``; far to near, each present with its
     probability ``p``), then the camera. ``blend``: streaks over the image by a screen blend
-    ``1 - (1 - I)(1 - R)``, by addition ``I + R`` (clipped; how benchmark rain was composited), or
-    either, drawn per image."""
+    ``1 - (1 - I)(1 - R)``, by addition ``I + R`` (clipped; how benchmark rain was composited), either
+    of the two, drawn per image, or ``over``: each streak layer occludes the scene, ``I (1 - R) + L R``, with
+    ``L`` the drops' radiance (the scene's mean colour drawn part of the way to white): a drop refracts a
+    wide view of the scene, so streaks brighten dark regions and can darken bright ones (Garg and Nayar)."""
 
     layers: tuple[StreakLayer, ...] = field(default_factory=lambda: (StreakLayer(density=0.004),))
     haze: Haze | None = None
@@ -249,14 +251,18 @@ class Mixture:
 
     ``camera``: :class:`Camera` fields (a mapping, kept as sorted pairs) that replace those of the drawn
     preset's camera (a preset without a camera gets one of these fields alone): one camera setting, such as
-    sharpening, over every kind of rain.
+    sharpening, over every kind of rain. ``over``: the share of images whose streaks occlude the scene (blend
+    ``"over"``) instead of being composited by the drawn preset's blend.
     """
 
     choices: tuple[str, ...]
     weights: tuple[float, ...] = ()
     camera: "tuple[tuple[str, Any], ...] | dict[str, Any]" = ()
+    over: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.over) <= 1.0:
+            raise ValueError(f"a mixture's over share must be in [0, 1], got {self.over!r}")
         if not self.choices:
             raise ValueError("a mixture needs at least one preset")
         weights = tuple(float(w) for w in self.weights) or (1.0,) * len(self.choices)
@@ -281,6 +287,8 @@ class Mixture:
         if self.camera:
             params = dataclasses.replace(params, camera=dataclasses.replace(params.camera or Camera(),
                                                                             **dict(self.camera)))
+        if self.over and float(torch.rand(1, generator=generator, device=generator.device)) < self.over:
+            params = dataclasses.replace(params, blend="over")
         return params
 
     def scaled(self, factor: float) -> "_ScaledMixture":
@@ -319,11 +327,12 @@ def _preset(spec: Any) -> "RainParams | Mixture":
     if not isinstance(spec, dict):
         raise ValueError(f"a preset must be a mapping, got {spec!r}")
     if "mix" in spec:
-        if not set(spec) <= {"mix", "camera"} or not isinstance(spec["mix"], dict) \
-                or not isinstance(spec.get("camera", {}), dict):
-            raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}, camera: {{...}}}} (camera "
-                             f"optional), got {spec!r}")
-        return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()), tuple(spec.get("camera", {}).items()))
+        if not set(spec) <= {"mix", "camera", "over"} or not isinstance(spec["mix"], dict) \
+                or not isinstance(spec.get("camera", {}), dict) or not isinstance(spec.get("over", 0.0), (int, float)):
+            raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}, camera: {{...}}, over: share}} "
+                             f"(camera and over optional), got {spec!r}")
+        return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()), tuple(spec.get("camera", {}).items()),
+                       float(spec.get("over", 0.0)))
     return RainParams.from_dict(spec)
 
 

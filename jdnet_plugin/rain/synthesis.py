@@ -4,7 +4,8 @@ A line-kernel layer (:func:`rain_layer`) scatters drops at random, gives each gr
 kernel (length, width, direction) and blurs the result; convolution is circular, so the rain field is
 stationary and streaks crossing an edge re-enter at the opposite one. Noise-seeded and image-based
 layers come from :mod:`jdnet_plugin.rain.sources`. Layers are combined with a screen blend
-``1 - (1 - I)(1 - R)`` (rain only brightens, never saturates past white) or by clipped addition, over
+``1 - (1 - I)(1 - R)`` (rain only brightens, never saturates past white), by clipped addition, or by
+occlusion ``I (1 - R) + L R`` (blend ``over``: drops of radiance ``L`` in front of the scene), over
 the image veiled by ``I t + A (1 - t)`` when the parameters ask for haze; camera blur, noise, sharpening and
 JPEG come last. :func:`add_rain_pair` also gives the training target: the clean image through the same
 camera blur, noise and sharpening.
@@ -27,6 +28,7 @@ __all__ = ["add_rain", "add_rain_pair", "draw_params", "make_generator", "rain_l
 ImageT = TypeVar("ImageT", torch.Tensor, np.ndarray)
 
 _TAPER = 0.3  # fraction of a streak's half-length over which it fades in and out
+_OVER_RADIANCE = (0.3, 1.0)  # blend "over": how far the drops' radiance lies from the scene's mean towards white
 
 
 def make_generator(seed: int | None = None, generator: torch.Generator | None = None) -> torch.Generator:
@@ -186,10 +188,17 @@ def _rain_one(img: torch.Tensor, params: RainParams, g: torch.Generator) -> tupl
     blend = params.blend
     if blend == "either":
         blend = "add" if float(torch.rand(1, generator=g, device=g.device)) < 0.5 else "screen"
+    if blend == "over":  # the drops' radiance: the scene's mean colour, part of the way to white
+        mean = out.mean((-2, -1), keepdim=True)
+        radiance = mean + _draw(_OVER_RADIANCE, g) * (1 - mean)
     h, w = img.shape[-2:]
     for r in _streak_maps(h, w, params, g, img.device):
         r = r.to(img.dtype)
-        out = out + r if blend == "add" else 1 - (1 - out) * (1 - r)
+        if blend == "over":
+            r = r.clamp(0, 1)
+            out = out * (1 - r) + radiance * r
+        else:
+            out = out + r if blend == "add" else 1 - (1 - out) * (1 - r)
     out, target = out.clamp(0, 1), img
     if params.camera is not None and _present(params.camera.p, g):
         out, target = _camera(out, img, params.camera, g)
