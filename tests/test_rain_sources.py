@@ -11,7 +11,7 @@ import torch
 
 from jdnet_plugin.rain import (PRESETS, Camera, Haze, Mixture, NoiseStreaks, RainParams, StreakImages,
                                StreakImagesNotFound, StreakLayer, add_rain, add_rain_pair, draw_params,
-                               list_rain_presets, make_generator, noise_streaks)
+                               list_rain_presets, make_generator, noise_streaks, preset_digest)
 from jdnet_plugin.rain.sources import STREAKS_ENV, image_streaks
 
 
@@ -166,15 +166,34 @@ def test_over_blend_occludes_bright_regions_and_lights_dark_ones():
     assert over[..., 32:].min() < 0.9 and over[..., :32].max() > 0.2  # occluding rain darkens white, lights black
     # Its radiance is the mean colour (0.5) at least part of the way (0.3 to 1.0) to white: 0.65 or more.
     assert float(over[..., 32:].min()) >= 1 - 0.6 * (1 - 0.65) - 1e-6
-    grey = torch.full((3, 32, 32), 0.5)
-    assert torch.equal(add_rain(grey, RainParams(layers=(), blend="over"), seed=0), grey)  # no streaks, no change
+    # The formula, on two flat images a, b with the same draws (streaks R, radiance L = m + t (1 - m), m the mean):
+    # out_a - out_b = (a - b)(1 - t R) and out_a - a = t R (1 - a). Added rain would give out_a - out_b = a - b.
+    a, b = torch.full((3, 48, 48), 0.2), torch.full((3, 48, 48), 0.6)
+    out_a, out_b = (add_rain(img, RainParams(layers=(layer,), blend="over"), seed=1) for img in (a, b))
+    t_r = (out_a - 0.2) / 0.8
+    assert float(t_r.max()) > 0.1
+    torch.testing.assert_close((out_a - out_b) / (0.2 - 0.6), 1 - t_r, atol=1e-5, rtol=0)
     always, never = Mixture(("light",), over=1.0), Mixture(("light",), over=0.0)
     g = make_generator(0)
     assert always.draw(g).blend == "over" and never.draw(g).blend == PRESETS["light"].blend
     shares = [PRESETS["broad-over"].draw(g).blend == "over" for _ in range(400)]
     assert 0.4 < np.mean(shares) < 0.6
-    with pytest.raises(ValueError, match="over"):
-        Mixture(("light",), over=1.5)
+    for bad in (1.5, "0.5", True):
+        with pytest.raises(ValueError, match="over"):
+            Mixture(("light",), over=bad)
+
+
+def test_mixtures_without_an_over_share_draw_the_rain_they_drew_before_it():
+    """Sums of rainy images and targets for seed 5, as drawn before `Mixture.over` existed (commit a52761a), for a
+    uniform and a weighted mixture; their digests do not name the share either."""
+    x = _scene()
+    xs = torch.stack([x, x.flip(-1), x.flip(-2)])
+    before = [(39390.19398969412, 27155.49059137702), (52493.31848549843, 27155.49059137702)]
+    for preset, sums in zip(("mixed", Mixture(("light", "heavy"), (1.0, 3.0))), before):
+        rainy, target = add_rain_pair(xs, preset, seed=5)
+        assert (float(rainy.double().sum()), float(target.double().sum())) == pytest.approx(sums, rel=1e-9)
+    assert preset_digest("mixed") == "cd78fefb73ff19ee"  # as before: evaluation caches keyed by it stay valid
+    assert preset_digest(Mixture(("light",), over=0.5)) != preset_digest(Mixture(("light",)))
 
 
 def test_probability_blend_and_mixture_weights():

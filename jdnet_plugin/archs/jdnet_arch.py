@@ -20,7 +20,7 @@ from torch import nn
 
 from ..ops import native
 from ..ops.fused import (BAND_PIXELS, FUSION_COLUMNS, SLOPE, Conv1x1, add_gathered, bn_affine, compose_nearest,
-                         conv1x1, conv_post, dense_1x1, lrelu_bias, nearest_index, nhwc, position_conv, san_bottleneck)
+                         conv1x1, conv_post, dense_1x1, layout_of, lrelu_bias, nearest_index, nhwc, position_conv, san_bottleneck)
 from ..ops.window import (aggregation, aggregation_unfold, attention_softmax, exporting, position, subtraction,
                           subtraction2)
 from ..utils.host_memory import empty_huge
@@ -76,12 +76,6 @@ class JDNetConfig:
         if unknown:
             raise ValueError(f"unknown JDNet config keys: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
-
-
-def layout_of(x: torch.Tensor) -> torch.memory_format:
-    """``channels_last`` for a channels_last tensor (not also contiguous), else ``contiguous_format``."""
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
 
 
 class SAM(nn.Module):
@@ -504,8 +498,7 @@ class JDNet(nn.Module):
         band = BAND_PIXELS if x.device.type == "cpu" else 1 << 18
         feat = self.enterBlock(x.contiguous(memory_format=torch.channels_last))
         out = self.exitBlock(self.derain_net.forward_fused(feat, band))
-        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return out.contiguous(memory_format=torch.channels_last if keep_channels_last else torch.contiguous_format)
+        return out.contiguous(memory_format=layout_of(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:

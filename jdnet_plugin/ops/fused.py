@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import native
 from .window import exporting, window_padding
 
-__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "conv2d_post", "conv_post", "conv1x1", "Conv1x1", "bn_affine",
+__all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "layout_of", "conv2d_post", "conv_post", "conv1x1", "Conv1x1", "bn_affine",
            "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "compose_nearest",
            "add_gathered", "autocast_on", "affine_lrelu", "san_bottleneck", "FUSION_COLUMNS"]
 
@@ -33,6 +33,13 @@ FUSION_COLUMNS = 128
 def nhwc(x: torch.Tensor) -> torch.Tensor:
     """A channels_last ``(B, C, H, W)`` tensor as its ``(B, H, W, C)`` storage (a view)."""
     return x.permute(0, 2, 3, 1)
+
+
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-d tensor stored channels_last (and not also contiguous, as one of a single channel
+    or a single pixel is), else ``contiguous_format``."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) \
@@ -84,7 +91,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     w = weight.flatten(1)
     # A tensor contiguous in both layouts (1x1 pixels, one channel) is left to oneDNN as before.
     nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-    nhwc_in = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not nchw
+    nhwc_in = layout_of(x) == torch.channels_last
     recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
     gemm = x.device.type == "cpu" and x.dim() == 4 and x.dtype == w.dtype == torch.float32 and not autocast_on("cpu")
     if x.dim() == 4 and w.shape[1] != x.shape[1]:

@@ -245,6 +245,7 @@ def attention_softmax(x1: torch.Tensor, x2: torch.Tensor, a: torch.Tensor, pos: 
     # One dtype for all four: under autocast the embeddings come in bf16 and the folded weights in fp32, and the
     # backward (which autocast does not see) would meet both.
     dtype = functools.reduce(torch.promote_types, (x1.dtype, x2.dtype, a.dtype, pos.dtype))
+    # The training path's embeddings come channels_last; the operators read NCHW.
     x2p = F.pad(x2.to(dtype).contiguous(), (pad, pad, pad, pad), mode="reflect")
     args = (x1.to(dtype).contiguous(), x2p, a.to(dtype).contiguous(),
             pos.to(dtype).reshape(a.shape[0], k2, h, w).contiguous(), kernel_size, slope)
@@ -270,6 +271,7 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torc
             f"aggregation: weight of shape {tuple(weight.shape)} does not fit input {tuple(x.shape)} "
             f"with kernel_size {kernel_size} (expected (B, S, {k2}, {h * w}) with C divisible by S)"
         )
+    # NCHW, whatever the caller's layout.
     xp = F.pad(x.contiguous(), (pad, pad, pad, pad), mode="reflect").view(b, c // s, s, h + 2 * pad, w + 2 * pad)
     weight = weight.reshape(b, 1, s, k2, h, w)
     out = (_shift_aggregate_torch if exporting() else shift_aggregate)(xp, weight, kernel_size)

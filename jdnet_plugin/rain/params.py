@@ -258,11 +258,12 @@ class Mixture:
     choices: tuple[str, ...]
     weights: tuple[float, ...] = ()
     camera: "tuple[tuple[str, Any], ...] | dict[str, Any]" = ()
-    over: float = 0.0
+    over: float = field(default=0.0, repr=False)  # out of repr: the digests of mixtures without it stay
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.over) <= 1.0:
-            raise ValueError(f"a mixture's over share must be in [0, 1], got {self.over!r}")
+        if isinstance(self.over, bool) or not isinstance(self.over, (int, float)) or not 0.0 <= self.over <= 1.0:
+            raise ValueError(f"a mixture's over share must be a number in [0, 1], got {self.over!r}")
+        object.__setattr__(self, "over", float(self.over))
         if not self.choices:
             raise ValueError("a mixture needs at least one preset")
         weights = tuple(float(w) for w in self.weights) or (1.0,) * len(self.choices)
@@ -328,11 +329,11 @@ def _preset(spec: Any) -> "RainParams | Mixture":
         raise ValueError(f"a preset must be a mapping, got {spec!r}")
     if "mix" in spec:
         if not set(spec) <= {"mix", "camera", "over"} or not isinstance(spec["mix"], dict) \
-                or not isinstance(spec.get("camera", {}), dict) or not isinstance(spec.get("over", 0.0), (int, float)):
+                or not isinstance(spec.get("camera", {}), dict):
             raise ValueError(f"a mixture preset is {{mix: {{preset: weight, ...}}, camera: {{...}}, over: share}} "
                              f"(camera and over optional), got {spec!r}")
         return Mixture(tuple(spec["mix"]), tuple(spec["mix"].values()), tuple(spec.get("camera", {}).items()),
-                       float(spec.get("over", 0.0)))
+                       spec.get("over", 0.0))
     return RainParams.from_dict(spec)
 
 
@@ -362,7 +363,8 @@ def preset_digest(preset: "str | RainParams | Mixture") -> str:
     import hashlib
 
     def described(p: "RainParams | Mixture") -> list[str]:  # a mixture with its choices, nested ones too
-        return [repr(p), *(line for c in getattr(p, "choices", ()) for line in described(resolve_preset(c)))]
+        over = f" over={p.over}" if getattr(p, "over", 0.0) else ""
+        return [repr(p) + over, *(line for c in getattr(p, "choices", ()) for line in described(resolve_preset(c)))]
 
     text = "\n".join(described(resolve_preset(preset)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
