@@ -7,7 +7,7 @@ import torch
 from jdnet_plugin.archs import JDNet
 from jdnet_plugin.archs.jdnet_arch import DenseChain
 from jdnet_plugin.ops import native
-from jdnet_plugin.ops.fused import compose_nearest, nearest_index, position_conv, sam_attention_banded
+from jdnet_plugin.ops.fused import compose_nearest, nearest_composes, nearest_index, position_conv, sam_attention_banded
 from jdnet_plugin.registry import create_model, list_models
 
 TINY = dict(units=2, scales=2)
@@ -101,6 +101,8 @@ def test_blocked_dense_fusion_equals_reference(units):
 def test_nearest_composition_detects_both_cases():
     assert compose_nearest(nearest_index(8, 16, "cpu"), nearest_index(4, 16, "cpu"), 8) is not None
     assert compose_nearest(nearest_index(5, 9, "cpu"), nearest_index(3, 9, "cpu"), 5) is None
+    assert nearest_composes(4, 8, 16) and nearest_composes(2, 8, 64)
+    assert not nearest_composes(3, 5, 9) and not nearest_composes(2, 3, 5)
 
 
 @pytest.mark.parametrize("band", [1, 13, 50, 10_000])
@@ -114,9 +116,11 @@ def test_banded_attention_is_independent_of_band_size(band, monkeypatch):
     torch.testing.assert_close(sam_attention_banded(x1, x2, x3, pos, wt, 7, band_pixels=band), one)
 
 
+@pytest.mark.parametrize("size", [(9, 13), (16, 16)], ids=["pyramid-not-nested", "pyramid-nested"])
 @pytest.mark.parametrize("name, over", MODELS, ids=IDS)
-def test_fast_gradients_equal_reference(name, over):
-    x = torch.rand(2, 3, 9, 13)
+def test_fast_gradients_equal_reference(name, over, size):
+    """At 16x16 the scale fusion sums its pyramid coarse to fine; at 9x13 (5x7, 3x4, 2x2) each scale at full size."""
+    x = torch.rand(2, 3, *size)
     grads, outs = {}, {}
     for impl in ("reference", "fast"):
         m = _model(name, **over).train().set_attention_impl(impl)

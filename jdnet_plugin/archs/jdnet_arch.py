@@ -20,7 +20,8 @@ from torch import nn
 
 from ..ops import native
 from ..ops.fused import (BAND_PIXELS, FUSION_COLUMNS, SLOPE, Conv1x1, add_gathered, bn_affine, compose_nearest,
-                         conv1x1, conv_post, dense_1x1, layout_of, lrelu_bias, nearest_index, nhwc, position_conv, san_bottleneck)
+                         conv1x1, conv_post, dense_1x1, layout_of, lrelu_bias, nearest_composes, nearest_index, nhwc,
+                         position_conv, san_bottleneck)
 from ..ops.window import (aggregation, aggregation_unfold, attention_softmax, exporting, position, subtraction,
                           subtraction2)
 from ..utils.host_memory import empty_huge
@@ -272,11 +273,22 @@ class JointUnit(nn.Module):
         c = x.shape[1]
         wgt = conv.weight.flatten(1)
         fused = conv1x1(x, wgt[:, :c], conv.bias)
-        t = x.contiguous(memory_format=torch.channels_last)
+        t, partial = x.contiguous(memory_format=torch.channels_last), []
         for s, block in enumerate(self.res_list, 1):
             t = block(t)
-            fused = fused + F.interpolate(conv1x1(t.contiguous(memory_format=layout_of(x)), wgt[:, s * c:(s + 1) * c]),
-                                          x.shape[-2:])
+            partial.append(conv1x1(t.contiguous(memory_format=layout_of(x)), wgt[:, s * c:(s + 1) * c]))
+        # Summed coarse to fine at their own resolutions where nearest upsampling composes exactly (as in the fused
+        # path): one full-resolution upsampling and sum instead of one per scale.
+        size, acc = x.shape[-2:], None
+        for z in reversed(partial):
+            if acc is not None and all(nearest_composes(*sizes) for sizes in zip(acc.shape[-2:], z.shape[-2:], size)):
+                acc = z + F.interpolate(acc, z.shape[-2:])
+                continue
+            if acc is not None:
+                fused = fused + F.interpolate(acc, size)
+            acc = z
+        if acc is not None:
+            fused = fused + F.interpolate(acc, size)
         return F.leaky_relu(fused, SLOPE) + x
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int,

@@ -12,6 +12,8 @@ less memory traffic (the CPU runs these layers memory-bound).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,7 @@ from . import native
 from .window import exporting, window_padding
 
 __all__ = ["SLOPE", "BAND_PIXELS", "nhwc", "layout_of", "conv2d_post", "conv_post", "conv1x1", "Conv1x1", "bn_affine",
-           "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "compose_nearest",
+           "lrelu_bias", "sam_attention_banded", "position_conv", "nearest_index", "nearest_composes", "compose_nearest",
            "add_gathered", "autocast_on", "affine_lrelu", "san_bottleneck", "FUSION_COLUMNS"]
 
 # LeakyReLU's slope everywhere in JDNet.
@@ -228,6 +230,13 @@ def nearest_index(n_in: int, n_out: int, device: torch.device | str) -> torch.Te
     """The source rows ``F.interpolate(mode="nearest")`` reads, computed by that same function."""
     src = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in, 1)
     return F.interpolate(src, size=(n_out, 1)).view(n_out).long()
+
+
+@functools.lru_cache(maxsize=512)
+def nearest_composes(n_in: int, n_mid: int, n_out: int) -> bool:
+    """Whether nearest upsampling ``n_in -> n_mid -> n_out`` reads what ``n_in -> n_out`` does."""
+    two_steps = nearest_index(n_in, n_mid, "cpu")[nearest_index(n_mid, n_out, "cpu")]
+    return torch.equal(nearest_index(n_in, n_out, "cpu"), two_steps)
 
 
 def compose_nearest(outer: torch.Tensor, inner: torch.Tensor, n_mid: int) -> torch.Tensor | None:
