@@ -278,10 +278,12 @@ class JointUnit(nn.Module):
             t = block(t)
             partial.append(conv1x1(t.contiguous(memory_format=layout_of(x)), wgt[:, s * c:(s + 1) * c]))
         # Summed coarse to fine at their own resolutions where nearest upsampling composes exactly (as in the fused
-        # path): one full-resolution upsampling and sum instead of one per scale.
+        # path): one full-resolution upsampling and sum instead of one per scale. Not where a tracer or compiler
+        # records: what composes depends on the size, and the recorded graph must hold for every size.
         size, acc = x.shape[-2:], None
+        nest = not (exporting() or torch.compiler.is_compiling())
         for z in reversed(partial):
-            if acc is not None and all(nearest_composes(*sizes) for sizes in zip(acc.shape[-2:], z.shape[-2:], size)):
+            if nest and acc is not None and all(nearest_composes(*n) for n in zip(acc.shape[-2:], z.shape[-2:], size)):
                 acc = z + F.interpolate(acc, z.shape[-2:])
                 continue
             if acc is not None:
