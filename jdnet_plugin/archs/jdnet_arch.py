@@ -280,17 +280,15 @@ class JointUnit(nn.Module):
         # Summed coarse to fine at their own resolutions where nearest upsampling composes exactly (as in the fused
         # path): one full-resolution upsampling and sum instead of one per scale. Not where a tracer or compiler
         # records: what composes depends on the size, and the recorded graph must hold for every size.
-        size, acc = x.shape[-2:], None
+        size, pending = x.shape[-2:], []  # sums left to upsample to full resolution
         nest = not (exporting() or torch.compiler.is_compiling())
         for z in reversed(partial):
-            if nest and acc is not None and all(nearest_composes(*n) for n in zip(acc.shape[-2:], z.shape[-2:], size)):
-                acc = z + F.interpolate(acc, z.shape[-2:])
-                continue
-            if acc is not None:
-                fused = fused + F.interpolate(acc, size)
-            acc = z
-        if acc is not None:
-            fused = fused + F.interpolate(acc, size)
+            if nest and pending and all(nearest_composes(*n) for n in zip(pending[-1].shape[-2:], z.shape[-2:], size)):
+                pending[-1] = z + F.interpolate(pending[-1], z.shape[-2:])
+            else:
+                pending.append(z)
+        for z in pending:
+            fused = fused + F.interpolate(z, size)
         return F.leaky_relu(fused, SLOPE) + x
 
     def forward_fused(self, x: torch.Tensor, in_bias: torch.Tensor | None, band_pixels: int,
