@@ -19,7 +19,9 @@
 # 16); stage 16 fine-tunes stage 10 on broad-slant-torrent rain (configs/stage16-slant-torrent.yaml; shipped as
 # jdnet-lite.broadrain-s16st, an ingredient), and the average of stages 10 and 16st is shipped as
 # jdnet-lite.broadrain-s16 (the default before stage 17); stage 17 fine-tunes stage 16 on the same rain with a moving
-# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17, the default.
+# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17, the default;
+# stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml), and their average with
+# stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain).
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -80,3 +82,11 @@ average runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stag
 SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
 stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
   "stage-17 weights (stage 16 fine-tuned with a moving average of the weights, the default)" "$@"
+# Stage 21 (not the default; for faint rain): stage 17 fine-tuned on broad-soft rain with two seeds, averaged with
+# stage 17 itself (coefficients 2 1 1), shipped as jdnet-lite.broadrain-s21.
+stage configs/stage21-soft.yaml "$SHIP17" runs/stage21-soft runs/stage21-soft/ship.pt "stage-21 run, seed 25" "$@"
+stage configs/stage21-soft-seed26.yaml "$SHIP17" runs/stage21-soft-seed26 runs/stage21-soft-seed26/ship.pt \
+  "stage-21 run, seed 26" "$@"
+SHIP21=${SHIP21:-jdnet_plugin/weights/jdnet-lite-broadrain-s21.pt}
+average runs/stage21-soup.pt "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
+  "$SHIP17" runs/stage21-soft/final.pt runs/stage21-soft-seed26/final.pt --coefficients 2 1 1

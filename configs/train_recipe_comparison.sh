@@ -16,7 +16,10 @@
 # second seed, run with CANDIDATES=soup-ema-seed19). Stage 18: STAGE=stage18 (crop192: stage 17's recipe from stage
 # 17 with 192x192 crops in batches of 4, 1200 steps). Stage 19: STAGE=stage19 (wide32, wide32-seed22: stage 17 widened to
 # 32 channels, then stage 17's recipe, 900 steps, two seeds). Stage 20: STAGE=stage20 (over, over-seed24: stage 17's
-# recipe from stage 17 on `broad-over`, streaks that occlude the scene on half the images, two seeds).
+# recipe from stage 17 on `broad-over`, streaks that occlude the scene on half the images, two seeds). Stage 21:
+# STAGE=stage21 (soft, soft-seed26: the same on `broad-soft`, faint defocused streaks and fine rain added; the
+# candidate is the average of stage 17 and both runs: python -m jdnet_plugin.average jdnet-lite.broadrain-s17
+# runs/stage21-soft/final.pt runs/stage21-soft-seed26/final.pt --coefficients 2 1 1 --out runs/stage21-soup.pt).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -38,7 +41,8 @@ case $STAGE in
   stage18) default="crop192" ;;
   stage19) default="wide32 wide32-seed22" ;;
   stage20) default="over over-seed24" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage20, not '$STAGE'" >&2; exit 2 ;;
+  stage21) default="soft soft-seed26" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage21, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"

@@ -260,3 +260,14 @@ def test_slant_streaks_run_along_their_lean():
     along = max(corr(30, 30), corr(30, -30))
     assert along > corr(30, 0) + 0.2 and along > 0.2
     assert abs(slant.layers[0].angle[0]) >= 45 and slant.layers[0].angle[1] >= 45
+
+
+def test_soft_streaks_are_fainter_and_softer_than_fine_streaks():
+    """`soft` (stage 21): its streaks' layer dimmer than `streaks`' and blurred across (neighbouring columns more
+    alike); the veil and camera left out so that the streaks alone are compared."""
+    x = torch.full((3, 320, 480), 0.3)
+    bare = {n: dataclasses.replace(PRESETS[n], haze=None, camera=None) for n in ("soft", "streaks")}
+    layers = {n: [(add_rain(x, p, seed=s) - x).mean(0) for s in range(3)] for n, p in bare.items()}
+    mean = {n: float(torch.stack(v).mean()) for n, v in layers.items()}
+    assert 0 < mean["soft"] < 0.8 * mean["streaks"]
+    assert _correlation_along(layers["soft"], 0, 1) > _correlation_along(layers["streaks"], 0, 1) + 0.1
