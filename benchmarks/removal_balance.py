@@ -4,7 +4,8 @@ less than 2 / 255: a derainer that removes a veil that is not there darkens them
 
 Sets: paired folders (default Rain100L test, held-out), the project's own rain drawn on clean images (default
 ``light`` on Kodak24, seed = the image's index: in-distribution) and unpaired photos (default the real rainy
-photos: removed only). One row per set and weights file.
+photos: removed only). One row per set and weights file. The model runs on the whole image (no tiling); under a
+veil over the whole image no pixel is dry and the last figure means little.
 
     python benchmarks/removal_balance.py --weights default runs/x/final.pt [--limit 50] [--rain light storm]
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.io import list_images, read_rgb, to_tensor  # noqa: E402
 from jdnet_plugin.metrics import paired_dataset  # noqa: E402
-from jdnet_plugin.rain import add_rain  # noqa: E402
+from jdnet_plugin.rain import add_rain_pair  # noqa: E402
 from jdnet_plugin.utils.color import luma  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,8 +37,9 @@ def balance(rainy: torch.Tensor, derained: torch.Tensor, clean: torch.Tensor | N
     if clean is None:
         return removed, float("nan"), float("nan")
     y_clean = luma(clean)
-    dry = (y_rainy - y_clean).abs() < DRY
-    return removed, float(255 * (y_rainy - y_clean).mean()), float(255 * (y_out - y_clean)[dry].mean())
+    dry = (y_rainy - y_clean).abs() < DRY  # none under a veil over the whole image: NaN, left out of the mean
+    error = float(255 * (y_out - y_clean)[dry].mean()) if dry.any() else float("nan")
+    return removed, float(255 * (y_rainy - y_clean).mean()), error
 
 
 def _num(value: float) -> str:
@@ -48,12 +50,13 @@ def sets(args: argparse.Namespace) -> Iterator[tuple[str, list[tuple[torch.Tenso
     """(name, [(rainy, clean or None), ...]) for every set asked for."""
     for folder in args.pairs:
         pairs = paired_dataset(folder)
-        n = min(len(pairs), args.limit)
-        yield f"held-out: {Path(folder).name}", [(pairs[i]["rain"], pairs[i]["clean"]) for i in range(n)]
-    clean = [to_tensor(read_rgb(f)) for f in list_images(args.clean)[:args.limit]]
+        items = (pairs[i] for i in range(min(len(pairs), args.limit)))
+        yield f"held-out: {Path(folder).name}", [(item["rain"], item["clean"]) for item in items]
+    clean = [to_tensor(read_rgb(f)) for f in list_images(args.clean)[:args.limit]] if args.rain else []
     for preset in args.rain:
-        yield (f"in-distribution: {Path(args.clean).name} + own {preset}",
-               [(add_rain(c, preset, seed=i).clamp(0, 1), c) for i, c in enumerate(clean)])
+        # The target is the clean image through the preset's camera (blur, noise), as in training.
+        pairs = [add_rain_pair(c, preset, seed=i) for i, c in enumerate(clean)]
+        yield f"in-distribution: {Path(args.clean).name} + own {preset}", [(r.clamp(0, 1), t) for r, t in pairs]
     for folder in args.photos:
         yield f"held-out: {Path(folder).name} (no ground truth)", [
             (to_tensor(read_rgb(f)), None) for f in list_images(folder)[:args.limit]]
@@ -69,17 +72,21 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=100, help="at most this many images per set")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.limit < 1:
+        ap.error("--limit must be at least 1")
     torch.set_num_threads(args.threads)
     models = {w: load_model(w) for w in args.weights}
     print("| set | images | weights | rain's mean | removed | error where dry |")
     print("|---|---|---|---|---|---|")
     for name, images in sets(args):
+        if not images:
+            raise SystemExit(f"{name}: no images")
         for w, model in models.items():
             rows = []
             with torch.inference_mode():
                 for rainy, clean in images:
                     rows.append(balance(rainy, model(rainy[None])[0].clamp(0, 1), clean))
-            removed, rain, dry = torch.tensor(rows, dtype=torch.float64).mean(0).tolist()
+            removed, rain, dry = torch.tensor(rows, dtype=torch.float64).nanmean(0).tolist()
             print(f"| {name} | {len(images)} | `{w}` | {_num(rain)} | {_num(removed)} | {_num(dry)} |")
     return 0
 

@@ -45,7 +45,8 @@ stage() {
     --val "$RUN/val" --out "$out" --no-progress "$@"
   ship "$out/final.pt" "$ship" "$label"
 }
-# average OUT SHIP LABEL FILE...: the mean of the weights of FILE... written to OUT, then shipped as SHIP.
+# average OUT SHIP LABEL FILE... [--coefficients C...]: the (weighted) mean of the weights of FILE... written to OUT,
+# then shipped as SHIP.
 average() {
   local out=$1 ship=$2 label=$3
   shift 3

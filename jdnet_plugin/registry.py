@@ -241,7 +241,8 @@ _shipped(
     sha256="5169afb54e1bb5f017f6d7f8d8c5334e8c379f188d92acf0cfd6526a40bdc494",
     description="for faint rain: the average of jdnet-lite.broadrain-s17 (1/2) and two runs of it fine-tuned 1500 more "
                 "steps with its recipe on broad-soft rain (1/4 each; stage 21: broad-slant-torrent plus faint, soft "
-                "streaks and fine rain; seeds 25, 26); against the default more of Rain100L's rain and of CamVid's "
-                "lost mIoU under it, less cost on clean images, more of real photos' long streaks left; not the "
+                "streaks and fine rain; seeds 25, 26); against the default higher PSNR on Rain100L and more of "
+                "CamVid's lost mIoU given back under its rain, less cost on clean images, more of real photos' long "
+                "streaks left; not the "
                 "default (configs/train_broad_weights.sh)",
 )

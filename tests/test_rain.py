@@ -35,7 +35,8 @@ def test_presets_present_and_valid():
     assert set(PRESETS["broad-torrent"].choices) == {"broad-long", "torrent"}  # (stage 14)
     assert set(PRESETS["broad-slant-torrent"].choices) == {"broad-long", "slant", "torrent"}  # (stage 16)
     assert PRESETS["broad-over"].choices == ("broad-slant-torrent",) and PRESETS["broad-over"].over == 0.5  # (20)
-    assert set(PRESETS["broad-soft"].choices) == {"broad-slant-torrent", "soft", "light", "drizzle"}  # (21)
+    soft = PRESETS["broad-soft"]  # (21)
+    assert dict(zip(soft.choices, soft.weights)) == {"broad-slant-torrent": 15, "soft": 4, "light": 1, "drizzle": 1}
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent", "soft"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent", "soft"}
