@@ -37,6 +37,8 @@ def test_presets_present_and_valid():
     assert PRESETS["broad-over"].choices == ("broad-slant-torrent",) and PRESETS["broad-over"].over == 0.5  # (20)
     soft = PRESETS["broad-soft"]  # (21)
     assert dict(zip(soft.choices, soft.weights)) == {"broad-slant-torrent": 15, "soft": 4, "light": 1, "drizzle": 1}
+    assert dict(zip(PRESETS["broad-soft-long"].choices, PRESETS["broad-soft-long"].weights)) == {"broad-soft": 17,
+                                                                                                "long": 4}  # (22)
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent", "soft"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent", "soft"}
