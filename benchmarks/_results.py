@@ -10,6 +10,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
+SHARED = ROOT.parent / "shared"  # data and downstream models, beside the repository
 sys.path.insert(0, str(ROOT))
 
 from jdnet_plugin.utils.atomic import atomic_write_text  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from _results import ROOT  # also puts the repo on sys.path
+from _results import SHARED  # also puts the repo on sys.path
 
 from jdnet_plugin.io import read_rgb
 from jdnet_plugin.rain import add_rain
@@ -35,7 +35,7 @@ def layer_stats(layer: np.ndarray) -> tuple[float, float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "rain100L_test",
+    p.add_argument("--data", type=Path, default=SHARED / "data" / "rain100L_test",
                    help="a paired set with rain/ and norain/ (rain-NNN.png next to norain-NNN.png)")
     p.add_argument("--presets", nargs="+", default=["light", "broad"])
     p.add_argument("--n", type=int, default=40, help="scenes (the first n)")

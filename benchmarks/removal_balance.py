@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import SHARED  # also puts the repo on sys.path
+
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.io import list_images, read_rgb, to_tensor  # noqa: E402
 from jdnet_plugin.metrics import paired_dataset  # noqa: E402
 from jdnet_plugin.rain import add_rain_pair  # noqa: E402
 from jdnet_plugin.utils.color import luma  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED / "data"
 DRY = 2 / 255  # a pixel the rain changes by less than this counts as rain-free
 
 

@@ -18,18 +18,18 @@ The README's stage-10 row (the trees of real_rainy/50.png and 90.png, the defaul
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import SHARED  # also puts the repo on sys.path
+
 from jdnet_plugin import load_model  # noqa: E402
 from jdnet_plugin.io import read_rgb, to_tensor, to_uint8, write_rgb  # noqa: E402
 from jdnet_plugin.utils.color import luma  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rainy"
+REAL = SHARED / "data" / "real_rainy"
 
 
 def steps(img: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[float, float]:

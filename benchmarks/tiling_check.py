@@ -6,20 +6,19 @@ Prints, per tile/overlap setting, the minimum and median over the Rain100L test 
 """
 from __future__ import annotations
 
-import sys
 from importlib.resources import files
-from pathlib import Path
 
 import cv2
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import SHARED  # also puts the repo on sys.path
+
 import jdnet_plugin  # noqa: E402
 from jdnet_plugin.inference import derain_tensor  # noqa: E402
 from jdnet_plugin.io import list_images, read_rgb, to_tensor  # noqa: E402
 from jdnet_plugin.metrics import psnr  # noqa: E402
 
-RAIN100L = Path(__file__).resolve().parents[2] / "shared" / "data" / "rain100L_test" / "rain"
+RAIN100L = SHARED / "data" / "rain100L_test" / "rain"
 
 
 def agreement(model, x: torch.Tensor, tile: int, overlap: int) -> float:

@@ -243,6 +243,5 @@ _shipped(
                 "steps with its recipe on broad-soft rain (1/4 each; stage 21: broad-slant-torrent plus faint, soft "
                 "streaks and fine rain; seeds 25, 26); against the default higher PSNR on Rain100L and more of "
                 "CamVid's lost mIoU given back under its rain, less cost on clean images, more of real photos' long "
-                "streaks left; not the "
-                "default (configs/train_broad_weights.sh)",
+                "streaks left; not the default (configs/train_broad_weights.sh)",
 )

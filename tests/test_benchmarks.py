@@ -2,6 +2,7 @@
 layer and streak-residue measures."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _results  # noqa: E402
 import flop_limit  # noqa: E402
 import rain_layer_stats  # noqa: E402
+import removal_balance  # noqa: E402
 import streak_residue  # noqa: E402
 
 
@@ -115,3 +117,15 @@ def test_result_tag_refuses_paths_and_odd_names(tag):
     import argparse
     with pytest.raises(argparse.ArgumentTypeError, match="not a results file tag"):
         _results.result_tag(tag)
+
+
+def test_removal_balance_tells_removed_rain_from_darkened_dry_pixels():
+    """Rain of 0.2 on half the pixels; a derainer that takes 0.25 off everywhere removes more than the rain and
+    darkens the dry half by 0.25 (x 255); unpaired photos have no rain figure; no dry pixel: no dry error."""
+    clean = torch.full((3, 8, 8), 0.5)
+    rainy = clean.clone()
+    rainy[..., :4] += 0.2
+    removed, rain, dry = removal_balance.balance(rainy, rainy - 0.25, clean)
+    assert (removed, rain, dry) == pytest.approx((0.25 * 255, 0.1 * 255, -0.25 * 255), rel=1e-5)
+    assert math.isnan(removal_balance.balance(rainy, rainy, None)[1])
+    assert math.isnan(removal_balance.balance(clean + 0.1, clean, clean)[2])
