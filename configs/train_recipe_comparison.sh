@@ -21,7 +21,9 @@
 # candidate is the average of stage 17 and both runs: python -m jdnet_plugin.average jdnet-lite.broadrain-s17
 # runs/stage21-soft/final.pt runs/stage21-soft-seed26/final.pt --coefficients 2 1 1 --out runs/stage21-soup.pt).
 # Stage 22: STAGE=stage22 (soft-long, soft-long-seed28: the same on `broad-soft-long`, `long` added; averaged alike
-# into runs/stage22-soup.pt).
+# into runs/stage22-soup.pt). Stage 23: STAGE=stage23 (soft-long-slant, soft-long-slant-seed30: the same on
+# `broad-soft-long-slant`, `slant` and `torrent` brought back to stage 17's shares; averaged alike into
+# runs/stage23-soup.pt).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -45,7 +47,8 @@ case $STAGE in
   stage20) default="over over-seed24" ;;
   stage21) default="soft soft-seed26" ;;
   stage22) default="soft-long soft-long-seed28" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage22, not '$STAGE'" >&2; exit 2 ;;
+  stage23) default="soft-long-slant soft-long-slant-seed30" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage23, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"

@@ -39,6 +39,8 @@ def test_presets_present_and_valid():
     assert dict(zip(soft.choices, soft.weights)) == {"broad-slant-torrent": 15, "soft": 4, "light": 1, "drizzle": 1}
     assert dict(zip(PRESETS["broad-soft-long"].choices, PRESETS["broad-soft-long"].weights)) == {"broad-soft": 17,
                                                                                                 "long": 4}  # (22)
+    assert dict(zip(PRESETS["broad-soft-long-slant"].choices, PRESETS["broad-soft-long-slant"].weights)) == {
+        "broad-soft-long": 17, "slant": 2, "torrent": 2}  # (23)
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent", "soft"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent", "soft"}
