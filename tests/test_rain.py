@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from jdnet_plugin.rain import (PRESETS, Haze, Mixture, RainParams, RainSynthesis, StreakLayer, add_rain, list_rain_presets,
-                               load_presets)
+                               load_presets, preset_shares)
 
 
 def _scene(h: int = 64, w: int = 96, seed: int = 0) -> torch.Tensor:
@@ -127,6 +127,20 @@ def test_mixed_picks_light_or_heavy_per_image():
     # Two populations, far apart: light and heavy.
     assert min(psnrs) < 20 < max(psnrs)
     assert torch.equal(y, add_rain(x, "mixed", seed=0))
+
+
+def test_preset_shares_multiply_nested_mixtures_out(monkeypatch):
+    assert preset_shares("light") == {"light": 1.0}
+    assert preset_shares("mixed") == {"light": 0.5, "heavy": 0.5}
+    assert preset_shares("broad-slant-torrent")["slant"] == pytest.approx(2 / 21)
+    shares = preset_shares("broad-soft-long-slant")  # slant: directly, and inside broad-soft-long > broad-soft > bst
+    assert shares["slant"] == pytest.approx(2 / 21 + 17 / 21 * 17 / 21 * 15 / 21 * 2 / 21)
+    assert sum(shares.values()) == pytest.approx(1.0) and all(not isinstance(PRESETS[n], Mixture) for n in shares)
+    assert preset_shares(Mixture(("light", "mixed"), (3, 1))) == pytest.approx({"light": 0.875, "heavy": 0.125})
+    monkeypatch.setitem(PRESETS, "loop", Mixture(("light", "loop2")))
+    monkeypatch.setitem(PRESETS, "loop2", Mixture(("loop",)))
+    with pytest.raises(ValueError, match="mixes itself"):
+        preset_shares("loop")
 
 
 def test_custom_params_and_scaling():

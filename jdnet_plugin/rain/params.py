@@ -13,7 +13,7 @@ from ..errors import UnknownNameError
 
 __all__ = ["Range", "StreakLayer", "NoiseStreaks", "StreakImages", "Haze", "Camera", "RainParams", "Mixture",
            "PRESETS", "PRESETS_FILE", "BLENDS", "load_presets", "resolve_preset", "list_rain_presets",
-           "preset_digest"]
+           "preset_digest", "preset_shares"]
 
 # A number, or a (low, high) pair drawn uniformly for each image (streak group, or drop for brightness).
 Range = Union[float, tuple[float, float]]
@@ -356,6 +356,25 @@ def resolve_preset(preset: "str | RainParams | Mixture") -> "RainParams | Mixtur
         if name not in PRESETS:
             raise UnknownNameError(f"rain preset {preset!r} mixes {name!r}, which is not a preset")
     return PRESETS[preset]
+
+
+def preset_shares(preset: "str | Mixture", _seen: tuple[str, ...] = ()) -> dict[str, float]:
+    """The share of images each single preset (not a mixture) is drawn for, nested mixtures multiplied out:
+    ``preset_shares("broad-slant-torrent")["slant"]`` is 2/21. A single preset's name gives ``{name: 1.0}``."""
+    if isinstance(preset, str) and preset in _seen:
+        raise ValueError(f"rain preset {preset!r} mixes itself ({' -> '.join(_seen + (preset,))})")
+    params = resolve_preset(preset)
+    if not isinstance(params, Mixture):
+        if not isinstance(preset, str):
+            raise TypeError("preset_shares takes a preset name or a Mixture")
+        return {preset: 1.0}
+    seen = _seen + ((preset,) if isinstance(preset, str) else ())
+    shares: dict[str, float] = {}
+    total = sum(params.weights)
+    for name, weight in zip(params.choices, params.weights):
+        for leaf, share in preset_shares(name, seen).items():
+            shares[leaf] = shares.get(leaf, 0.0) + share * weight / total
+    return shares
 
 
 def preset_digest(preset: "str | RainParams | Mixture") -> str:
