@@ -21,7 +21,8 @@
 # jdnet-lite.broadrain-s16 (the default before stage 17); stage 17 fine-tunes stage 16 on the same rain with a moving
 # average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17, the default;
 # stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml), and their average with
-# stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain).
+# stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain); stage 23 does the same on
+# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -91,3 +92,12 @@ stage configs/stage21-soft-seed26.yaml "$SHIP17" runs/stage21-soft-seed26 runs/s
 SHIP21=${SHIP21:-jdnet_plugin/weights/jdnet-lite-broadrain-s21.pt}
 average runs/stage21-soup.pt "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
   "$SHIP17" runs/stage21-soft/final.pt runs/stage21-soft-seed26/final.pt --coefficients 2 1 1
+# Stage 23: stage 17 fine-tuned on broad-soft-long-slant rain with two seeds, averaged with stage 17 itself
+# (coefficients 2 1 1), shipped as jdnet-lite.broadrain-s23.
+stage configs/stage23-soft-long-slant.yaml "$SHIP17" runs/stage23-soft-long-slant runs/stage23-soft-long-slant/ship.pt \
+  "stage-23 run, seed 29" "$@"
+stage configs/stage23-soft-long-slant-seed30.yaml "$SHIP17" runs/stage23-soft-long-slant-seed30 \
+  runs/stage23-soft-long-slant-seed30/ship.pt "stage-23 run, seed 30" "$@"
+SHIP23=${SHIP23:-jdnet_plugin/weights/jdnet-lite-broadrain-s23.pt}
+average runs/stage23-soup.pt "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" \
+  "$SHIP17" runs/stage23-soft-long-slant/final.pt runs/stage23-soft-long-slant-seed30/final.pt --coefficients 2 1 1

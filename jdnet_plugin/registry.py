@@ -245,3 +245,14 @@ _shipped(
                 "CamVid's lost mIoU given back under its rain, less cost on clean images, more of real photos' long "
                 "streaks left; not the default (configs/train_broad_weights.sh)",
 )
+_shipped(
+    name="jdnet-lite.broadrain-s23",
+    sha256="c239f8765bd4b5273549c84840bd779fe5b42fc3e4a809d4b780557ebfe4552f",
+    description="the average of jdnet-lite.broadrain-s17 (1/2) and two runs of it fine-tuned 1500 more steps with "
+                "its recipe on broad-soft-long-slant rain (1/4 each; stage 23: broad-slant-torrent plus faint soft "
+                "streaks, long streaks and fine rain, the slanted and crossing streaks kept at stage 17's shares; "
+                "seeds 29, 30); against the default fewer of real photos' long and slanted streaks left, more of "
+                "CamVid's lost mIoU given back under held-out benchmark rain, higher PSNR on Rain100L; passed the "
+                "rule to replace the default, pending its in-distribution downstream table "
+                "(configs/train_broad_weights.sh)",
+)
