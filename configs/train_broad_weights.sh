@@ -84,20 +84,22 @@ average runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stag
 SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
 stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
   "stage-17 weights (stage 16 fine-tuned with a moving average of the weights, the default)" "$@"
-# Stage 21 (not the default; for faint rain): stage 17 fine-tuned on broad-soft rain with two seeds, averaged with
-# stage 17 itself (coefficients 2 1 1), shipped as jdnet-lite.broadrain-s21.
-stage configs/stage21-soft.yaml "$SHIP17" runs/stage21-soft runs/stage21-soft/ship.pt "stage-21 run, seed 25" "$@"
-stage configs/stage21-soft-seed26.yaml "$SHIP17" runs/stage21-soft-seed26 runs/stage21-soft-seed26/ship.pt \
-  "stage-21 run, seed 26" "$@"
+# seeds_soup PREFIX NAME SECOND SHIP LABEL: stage 17 fine-tuned by configs/PREFIX-NAME.yaml and by its second seed,
+# configs/PREFIX-NAME-SECOND.yaml; both averaged with stage 17 itself (coefficients 2 1 1) into runs/PREFIX-soup.pt,
+# shipped as SHIP.
+seeds_soup() {
+  local prefix=$1 name=$2 second=$3 ship=$4 label=$5 run
+  shift 5
+  for run in "$prefix-$name" "$prefix-$name-$second"; do
+    stage "configs/$run.yaml" "$SHIP17" "runs/$run" "runs/$run/ship.pt" "run $run" "$@"
+  done
+  average "runs/$prefix-soup.pt" "$ship" "$label" "$SHIP17" "runs/$prefix-$name/final.pt" \
+    "runs/$prefix-$name-$second/final.pt" --coefficients 2 1 1
+}
+# Stage 21 (not the default; for faint rain): on broad-soft rain, shipped as jdnet-lite.broadrain-s21.
 SHIP21=${SHIP21:-jdnet_plugin/weights/jdnet-lite-broadrain-s21.pt}
-average runs/stage21-soup.pt "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
-  "$SHIP17" runs/stage21-soft/final.pt runs/stage21-soft-seed26/final.pt --coefficients 2 1 1
-# Stage 23: stage 17 fine-tuned on broad-soft-long-slant rain with two seeds, averaged with stage 17 itself
-# (coefficients 2 1 1), shipped as jdnet-lite.broadrain-s23.
-stage configs/stage23-soft-long-slant.yaml "$SHIP17" runs/stage23-soft-long-slant runs/stage23-soft-long-slant/ship.pt \
-  "stage-23 run, seed 29" "$@"
-stage configs/stage23-soft-long-slant-seed30.yaml "$SHIP17" runs/stage23-soft-long-slant-seed30 \
-  runs/stage23-soft-long-slant-seed30/ship.pt "stage-23 run, seed 30" "$@"
+seeds_soup stage21 soft seed26 "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
+  "$@"
+# Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23.
 SHIP23=${SHIP23:-jdnet_plugin/weights/jdnet-lite-broadrain-s23.pt}
-average runs/stage23-soup.pt "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" \
-  "$SHIP17" runs/stage23-soft-long-slant/final.pt runs/stage23-soft-long-slant-seed30/final.pt --coefficients 2 1 1
+seeds_soup stage23 soft-long-slant seed30 "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" "$@"

@@ -358,23 +358,26 @@ def resolve_preset(preset: "str | RainParams | Mixture") -> "RainParams | Mixtur
     return PRESETS[preset]
 
 
-def preset_shares(preset: "str | Mixture", _seen: tuple[str, ...] = ()) -> dict[str, float]:
+def preset_shares(preset: "str | Mixture") -> dict[str, float]:
     """The share of images each single preset (not a mixture) is drawn for, nested mixtures multiplied out:
     ``preset_shares("broad-slant-torrent")["slant"]`` is 2/21. A single preset's name gives ``{name: 1.0}``."""
-    if isinstance(preset, str) and preset in _seen:
-        raise ValueError(f"rain preset {preset!r} mixes itself ({' -> '.join(_seen + (preset,))})")
-    params = resolve_preset(preset)
-    if not isinstance(params, Mixture):
-        if not isinstance(preset, str):
-            raise TypeError("preset_shares takes a preset name or a Mixture")
-        return {preset: 1.0}
-    seen = _seen + ((preset,) if isinstance(preset, str) else ())
-    shares: dict[str, float] = {}
-    total = sum(params.weights)
-    for name, weight in zip(params.choices, params.weights):
-        for leaf, share in preset_shares(name, seen).items():
-            shares[leaf] = shares.get(leaf, 0.0) + share * weight / total
-    return shares
+    def walk(preset: "str | Mixture", seen: tuple[str, ...]) -> dict[str, float]:
+        if isinstance(preset, str) and preset in seen:
+            raise ValueError(f"rain preset {preset!r} mixes itself ({' -> '.join(seen + (preset,))})")
+        params = resolve_preset(preset)
+        if not isinstance(params, Mixture):
+            if not isinstance(preset, str):
+                raise TypeError("preset_shares takes a preset name or a Mixture")
+            return {preset: 1.0}
+        seen += (preset,) if isinstance(preset, str) else ()
+        shares: dict[str, float] = {}
+        total = sum(params.weights)
+        for name, weight in zip(params.choices, params.weights):
+            for leaf, share in walk(name, seen).items():
+                shares[leaf] = shares.get(leaf, 0.0) + share * weight / total
+        return shares
+
+    return walk(preset, ())
 
 
 def preset_digest(preset: "str | RainParams | Mixture") -> str:
