@@ -23,7 +23,9 @@
 # Stage 22: STAGE=stage22 (soft-long, soft-long-seed28: the same on `broad-soft-long`, `long` added; averaged alike
 # into runs/stage22-soup.pt). Stage 23: STAGE=stage23 (soft-long-slant, soft-long-slant-seed30: the same on
 # `broad-soft-long-slant`, `slant` and `torrent` brought back to stage 17's shares; averaged alike into
-# runs/stage23-soup.pt).
+# runs/stage23-soup.pt). Stage 24: STAGE=stage24 (soft-long-heavy, soft-long-heavy-seed32: the same from stage 23 on
+# `broad-soft-long-heavy`, the heavy end brought back to stage 17's shares; averaged with stage 23 alike into
+# runs/stage24-soup.pt).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -48,7 +50,8 @@ case $STAGE in
   stage21) default="soft soft-seed26" ;;
   stage22) default="soft-long soft-long-seed28" ;;
   stage23) default="soft-long-slant soft-long-slant-seed30" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage23, not '$STAGE'" >&2; exit 2 ;;
+  stage24) default="soft-long-heavy soft-long-heavy-seed32" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage24, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"
