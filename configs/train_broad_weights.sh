@@ -19,10 +19,10 @@
 # 16); stage 16 fine-tunes stage 10 on broad-slant-torrent rain (configs/stage16-slant-torrent.yaml; shipped as
 # jdnet-lite.broadrain-s16st, an ingredient), and the average of stages 10 and 16st is shipped as
 # jdnet-lite.broadrain-s16 (the default before stage 17); stage 17 fine-tunes stage 16 on the same rain with a moving
-# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17, the default;
+# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17 (the default before stage 23);
 # stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml), and their average with
 # stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain); stage 23 does the same on
-# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23.
+# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23, the default.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -83,7 +83,7 @@ SHIP16=${SHIP16:-jdnet_plugin/weights/jdnet-lite-broadrain-s16.pt}
 average runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stages 10 and 16st)" "$SHIP10" "$SHIP16ST"
 SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
 stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
-  "stage-17 weights (stage 16 fine-tuned with a moving average of the weights, the default)" "$@"
+  "stage-17 weights (stage 16 fine-tuned with a moving average of the weights)" "$@"
 # seeds_soup PREFIX NAME SECOND SHIP LABEL: stage 17 fine-tuned by configs/PREFIX-NAME.yaml and by its second seed,
 # configs/PREFIX-NAME-SECOND.yaml; both averaged with stage 17 itself (coefficients 2 1 1) into runs/PREFIX-soup.pt,
 # shipped as SHIP.
@@ -100,6 +100,6 @@ seeds_soup() {
 SHIP21=${SHIP21:-jdnet_plugin/weights/jdnet-lite-broadrain-s21.pt}
 seeds_soup stage21 soft seed26 "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
   "$@"
-# Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23.
+# Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23, the default.
 SHIP23=${SHIP23:-jdnet_plugin/weights/jdnet-lite-broadrain-s23.pt}
-seeds_soup stage23 soft-long-slant seed30 "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" "$@"
+seeds_soup stage23 soft-long-slant seed30 "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1; the default)" "$@"

@@ -233,9 +233,7 @@ _shipped(
                 "rain, keeping a moving average of the weights (stage 17: ema_decay 0.999, seed 18; the average is "
                 "shipped); against stage 16 more of CamVid's lost mIoU given back under held-out benchmark rain and "
                 "fewer of real photos' long and slanted streaks left; no benchmark image (configs/train_broad_weights.sh)",
-    aliases=(DEFAULT_WEIGHTS,),
-    preset_default=True,
-)  # the default since 2026-12-07 (eleventh session)
+)  # the default on 2026-12-07, from the eleventh session to the seventeenth
 _shipped(
     name="jdnet-lite.broadrain-s21",
     sha256="5169afb54e1bb5f017f6d7f8d8c5334e8c379f188d92acf0cfd6526a40bdc494",
@@ -251,8 +249,9 @@ _shipped(
     description="the average of jdnet-lite.broadrain-s17 (1/2) and two runs of it fine-tuned 1500 more steps with "
                 "its recipe on broad-soft-long-slant rain (1/4 each; stage 23: broad-slant-torrent plus faint soft "
                 "streaks, long streaks and fine rain, the slanted and crossing streaks kept at stage 17's shares; "
-                "seeds 29, 30); against the default fewer of real photos' long and slanted streaks left, more of "
-                "CamVid's lost mIoU given back under held-out benchmark rain, higher PSNR on Rain100L; passed the "
-                "rule to replace the default, pending its in-distribution downstream table "
-                "(configs/train_broad_weights.sh)",
-)
+                "seeds 29, 30); against stage 17 fewer of real photos' long and slanted streaks left, more of "
+                "CamVid's lost mIoU given back under held-out benchmark rain, higher PSNR on Rain100L; no benchmark "
+                "image (configs/train_broad_weights.sh)",
+    aliases=(DEFAULT_WEIGHTS,),
+    preset_default=True,
+)  # the default since 2026-12-07 (seventeenth session)
