@@ -22,7 +22,9 @@
 # average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17 (the default before stage 23);
 # stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml), and their average with
 # stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain); stage 23 does the same on
-# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23, the default.
+# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23; stage 24 does
+# the same from stage 23 on broad-soft-long-heavy rain (configs/stage24-soft-long-heavy*.yaml), shipped as
+# jdnet-lite.broadrain-s24.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -84,22 +86,27 @@ average runs/stage16-average.pt "$SHIP16" "stage-16 weights (the average of stag
 SHIP17=${SHIP17:-jdnet_plugin/weights/jdnet-lite-broadrain-s17.pt}
 stage configs/stage17-soup-ema.yaml "$SHIP16" runs/stage17-soup-ema "$SHIP17" \
   "stage-17 weights (stage 16 fine-tuned with a moving average of the weights)" "$@"
-# seeds_soup PREFIX NAME SECOND SHIP LABEL: stage 17 fine-tuned by configs/PREFIX-NAME.yaml and by its second seed,
-# configs/PREFIX-NAME-SECOND.yaml; both averaged with stage 17 itself (coefficients 2 1 1) into runs/PREFIX-soup.pt,
+# seeds_soup PREFIX NAME SECOND BASE SHIP LABEL: BASE fine-tuned by configs/PREFIX-NAME.yaml and by its second seed,
+# configs/PREFIX-NAME-SECOND.yaml; both averaged with BASE itself (coefficients 2 1 1) into runs/PREFIX-soup.pt,
 # shipped as SHIP.
 seeds_soup() {
-  local prefix=$1 name=$2 second=$3 ship=$4 label=$5 run
-  shift 5
+  local prefix=$1 name=$2 second=$3 base=$4 ship=$5 label=$6 run
+  shift 6
   for run in "$prefix-$name" "$prefix-$name-$second"; do
-    stage "configs/$run.yaml" "$SHIP17" "runs/$run" "runs/$run/ship.pt" "run $run" "$@"
+    stage "configs/$run.yaml" "$base" "runs/$run" "runs/$run/ship.pt" "run $run" "$@"
   done
-  average "runs/$prefix-soup.pt" "$ship" "$label" "$SHIP17" "runs/$prefix-$name/final.pt" \
+  average "runs/$prefix-soup.pt" "$ship" "$label" "$base" "runs/$prefix-$name/final.pt" \
     "runs/$prefix-$name-$second/final.pt" --coefficients 2 1 1
 }
 # Stage 21 (not the default; for faint rain): on broad-soft rain, shipped as jdnet-lite.broadrain-s21.
 SHIP21=${SHIP21:-jdnet_plugin/weights/jdnet-lite-broadrain-s21.pt}
-seeds_soup stage21 soft seed26 "$SHIP21" "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" \
-  "$@"
-# Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23, the default.
+seeds_soup stage21 soft seed26 "$SHIP17" "$SHIP21" \
+  "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" "$@"
+# Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23.
 SHIP23=${SHIP23:-jdnet_plugin/weights/jdnet-lite-broadrain-s23.pt}
-seeds_soup stage23 soft-long-slant seed30 "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1; the default)" "$@"
+seeds_soup stage23 soft-long-slant seed30 "$SHIP17" "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" \
+  "$@"
+# Stage 24: stage 23 on broad-soft-long-heavy rain, shipped as jdnet-lite.broadrain-s24.
+SHIP24=${SHIP24:-jdnet_plugin/weights/jdnet-lite-broadrain-s24.pt}
+seeds_soup stage24 soft-long-heavy seed32 "$SHIP23" "$SHIP24" \
+  "stage-24 weights (stage 23 and both stage-24 runs, 2:1:1)" "$@"

@@ -252,6 +252,15 @@ _shipped(
                 "seeds 29, 30); against stage 17 fewer of real photos' long and slanted streaks left, more of "
                 "CamVid's lost mIoU given back under held-out benchmark rain, higher PSNR on Rain100L; no benchmark "
                 "image (configs/train_broad_weights.sh)",
+)  # the default on 2026-12-07, in the seventeenth session, before stage 24
+_shipped(
+    name="jdnet-lite.broadrain-s24",
+    sha256="3536bc1df52968455c5ceb3058fc6df9d4788bcc3cdf7d9485b7cc6317439b24",
+    description="the average of jdnet-lite.broadrain-s23 (1/2) and two runs of it fine-tuned 1500 more steps with "
+                "its recipe on broad-soft-long-heavy rain (1/4 each; stage 24: stage 23's rain with storms, downpours, "
+                "heavy rain and veils back to stage 17's shares; seeds 31, 32); against stage 23 more of CamVid's lost "
+                "mIoU given back under held-out benchmark rain, fewer of real photos' streaks left, +0.16 dB on the "
+                "project's heavy rain; no benchmark image (configs/train_broad_weights.sh)",
     aliases=(DEFAULT_WEIGHTS,),
     preset_default=True,
 )  # the default since 2026-12-07 (seventeenth session)
