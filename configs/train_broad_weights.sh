@@ -19,12 +19,12 @@
 # 16); stage 16 fine-tunes stage 10 on broad-slant-torrent rain (configs/stage16-slant-torrent.yaml; shipped as
 # jdnet-lite.broadrain-s16st, an ingredient), and the average of stages 10 and 16st is shipped as
 # jdnet-lite.broadrain-s16 (the default before stage 17); stage 17 fine-tunes stage 16 on the same rain with a moving
-# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17 (the default before stage 23);
-# stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml), and their average with
-# stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain); stage 23 does the same on
-# broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as jdnet-lite.broadrain-s23; stage 24 does
-# the same from stage 23 on broad-soft-long-heavy rain (configs/stage24-soft-long-heavy*.yaml), shipped as
-# jdnet-lite.broadrain-s24.
+# average of the weights (configs/stage17-soup-ema.yaml) and is shipped as jdnet-lite.broadrain-s17 (the default
+# before stage 23); stage 21 fine-tunes stage 17 on broad-soft rain with two seeds (configs/stage21-soft*.yaml),
+# and their average with stage 17 is shipped as jdnet-lite.broadrain-s21, not the default (for faint rain); stage 23
+# does the same on broad-soft-long-slant rain (configs/stage23-soft-long-slant*.yaml), shipped as
+# jdnet-lite.broadrain-s23 (the default before stage 24); stage 24 does the same from stage 23 on
+# broad-soft-long-heavy rain (configs/stage24-soft-long-heavy*.yaml), shipped as jdnet-lite.broadrain-s24, the default.
 # Rerunning resumes; a finished stage is skipped.
 # Usage: bash configs/train_broad_weights.sh [extra train flags for every stage]
 set -euo pipefail
@@ -104,9 +104,9 @@ seeds_soup stage21 soft seed26 "$SHIP17" "$SHIP21" \
   "stage-21 weights (stage 17 and both stage-21 runs, 2:1:1; for faint rain)" "$@"
 # Stage 23: on broad-soft-long-slant rain, shipped as jdnet-lite.broadrain-s23.
 SHIP23=${SHIP23:-jdnet_plugin/weights/jdnet-lite-broadrain-s23.pt}
-seeds_soup stage23 soft-long-slant seed30 "$SHIP17" "$SHIP23" "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" \
-  "$@"
-# Stage 24: stage 23 on broad-soft-long-heavy rain, shipped as jdnet-lite.broadrain-s24.
+seeds_soup stage23 soft-long-slant seed30 "$SHIP17" "$SHIP23" \
+  "stage-23 weights (stage 17 and both stage-23 runs, 2:1:1)" "$@"
+# Stage 24: stage 23 on broad-soft-long-heavy rain, shipped as jdnet-lite.broadrain-s24, the default.
 SHIP24=${SHIP24:-jdnet_plugin/weights/jdnet-lite-broadrain-s24.pt}
 seeds_soup stage24 soft-long-heavy seed32 "$SHIP23" "$SHIP24" \
-  "stage-24 weights (stage 23 and both stage-24 runs, 2:1:1)" "$@"
+  "stage-24 weights (stage 23 and both stage-24 runs, 2:1:1; the default)" "$@"
