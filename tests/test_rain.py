@@ -35,12 +35,15 @@ def test_presets_present_and_valid():
     assert set(PRESETS["broad-torrent"].choices) == {"broad-long", "torrent"}  # (stage 14)
     assert set(PRESETS["broad-slant-torrent"].choices) == {"broad-long", "slant", "torrent"}  # (stage 16)
     assert PRESETS["broad-over"].choices == ("broad-slant-torrent",) and PRESETS["broad-over"].over == 0.5  # (20)
+
     def mix(name: str) -> dict[str, float]:
         return dict(zip(PRESETS[name].choices, PRESETS[name].weights))
 
     assert mix("broad-soft") == {"broad-slant-torrent": 15, "soft": 4, "light": 1, "drizzle": 1}  # (21)
     assert mix("broad-soft-long") == {"broad-soft": 17, "long": 4}  # (22)
     assert mix("broad-soft-long-slant") == {"broad-soft-long": 17, "slant": 2, "torrent": 2}  # (23)
+    assert mix("broad-soft-long-heavy") == {"broad-soft-long-slant": 34, "storm": 4, "downpour": 2, "heavy": 1,
+                                            "veil": 1}  # (24)
     assert set(PRESETS["broad-long"].choices) == sources - {"slant", "torrent", "soft"}
     for name in ("broad", "broad-fine", "broad-balanced"):  # the earlier ones from every source before those
         assert set(PRESETS[name].choices) == sources - later - {"slant", "torrent", "soft"}
