@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from jdnet_plugin.data import (ConcatDataset, DatasetError, PairedAugment, PairedImageDataset, SideBySideDataset,
                                SyntheticRainDataset, UnpairedDataset, collate, detect_format, make_dataset,
-                               pair_key, paired_augment, paired_random_crop)
+                               pair_key, paired_augment, paired_random_crop, scale_range)
 from jdnet_plugin.io import write_rgb
 from jdnet_plugin.training import InfiniteSampler
 
@@ -248,3 +248,36 @@ def test_clean_fraction_leaves_that_share_of_samples_dry(tmp_path):
     assert not any(torch.equal(plain[(0, k)]["rain"], plain[(0, k)]["clean"]) for k in range(50))
     with pytest.raises(DatasetError, match="clean_fraction"):
         make_dataset(tmp_path, synthetic_rain="light", clean_fraction=1.5)
+
+
+def test_render_scale_draws_on_a_larger_window_and_shrinks_it_to_the_crop(tmp_path):
+    # A one-pixel checkerboard: kept by a crop at its own scale, averaged to grey once a window twice the crop is
+    # shrunk to it (antialiased), rainy image and target alike.
+    board = (np.indices((48, 40)).sum(axis=0) % 2 * 200)[..., None].repeat(3, axis=2).astype(np.uint8)
+    write_rgb(tmp_path / "a.png", board)
+    own = make_dataset(tmp_path, patch_size=16, synthetic_rain="light", clean_fraction=1.0)[(0, 1)]
+    assert own["clean"].std() > 0.3
+    for scale, spread in ((2.0, 0.02), ([1.5, 1.5], 0.2)):
+        ds = make_dataset(tmp_path, patch_size=16, synthetic_rain="light", clean_fraction=1.0, render_scale=scale)
+        s = ds[(0, 1)]
+        assert s["clean"].shape == s["rain"].shape == (3, 16, 16)
+        assert s["clean"].std() < spread and abs(s["clean"].mean() - 100 / 255) < 0.03
+    wet = make_dataset(tmp_path, patch_size=16, synthetic_rain="heavy", render_scale=[1, 3])
+    for k in range(4):  # windows up to 48 px clamp to the 40-px side; the pair stays aligned, rain over the target
+        s = wet[(0, k)]
+        assert s["rain"].shape == s["clean"].shape == (3, 16, 16)
+        assert not torch.equal(s["rain"], s["clean"])
+
+
+def test_render_scale_off_draws_nothing_and_bad_values_are_named(tmp_path):
+    write_rgb(tmp_path / "a.png", np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    plain = make_dataset(tmp_path, patch_size=16, synthetic_rain="light")
+    for off in (1, [1.0, 1.0], [1]):  # the random stream of runs made before the setting existed
+        same = make_dataset(tmp_path, patch_size=16, synthetic_rain="light", render_scale=off)
+        assert all(torch.equal(plain[(0, k)]["rain"], same[(0, k)]["rain"]) for k in range(3))
+    assert scale_range(2) == (2.0, 2.0) and scale_range([1, 2.5]) == (1.0, 2.5)
+    for bad in (0.5, [2, 1], [1, 2, 3], "x", True, None):
+        with pytest.raises(DatasetError, match="render_scale must be"):
+            scale_range(bad)
+    with pytest.raises(DatasetError, match="render_scale needs a patch_size"):
+        make_dataset(tmp_path, synthetic_rain="light", render_scale=2)

@@ -270,6 +270,8 @@ def test_restart_right_after_sigkill_resumes_while_workers_linger(data, tmp_path
     (["--model", "channels=3"], "channels must be even"),
     (["--patch-size", "64"], "crop 64x64 is bigger than the image (24x28)"),
     (["--clean-fraction", "0.2"], "clean_fraction needs synthetic_rain"),
+    (["--render-scale", "1", "2"], "render_scale needs synthetic_rain"),
+    (["--synthetic-rain", "light", "--render-scale", "0.5"], "render_scale must be a number >= 1"),
 ])
 def test_cli_errors_are_one_line(data, tmp_path, capsys, argv, message):
     full = [*([] if not argv else ["--data", str(data)]), "--out", str(tmp_path / "o"), *TINY, *argv]

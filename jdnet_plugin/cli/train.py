@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
            "broad, mixed, light, heavy, storm, ...)")
     a("--clean-fraction", type=float, metavar="P",
       help="with --synthetic-rain: share of crops left dry (input = target), so clean images pass unchanged")
+    a("--render-scale", type=float, nargs="+", metavar="S",
+      help="with --synthetic-rain: draw the rain on a window S times the crop, or LOW HIGH (log-uniform), then "
+           "shrink it to the crop: thinner, fainter streaks over finer scenery (default 1)")
     a("--format", choices=CHOICES["format"], help="data format (detected by default)")
     a("--pair-dirs", nargs=2, metavar=("RAINY", "CLEAN"), help="names of the rainy and clean sub-folders")
     a("--save-every", type=int, metavar="N", help="write latest.pt every N steps")

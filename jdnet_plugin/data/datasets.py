@@ -24,7 +24,7 @@ from .transforms import PairedAugment, paired_random_crop
 
 __all__ = ["DatasetError", "FORMATS", "RAIN_DIR_NAMES", "CLEAN_DIR_NAMES", "pair_key", "pair_files",
            "find_pair_dirs", "detect_format", "make_dataset", "PairedImageDataset", "SideBySideDataset",
-           "UnpairedDataset", "SyntheticRainDataset", "ConcatDataset", "collate"]
+           "UnpairedDataset", "SyntheticRainDataset", "ConcatDataset", "collate", "scale_range"]
 
 FORMATS = ("paired", "side-by-side", "unpaired", "clean")
 # Sub-folder names of the usual layouts (Rain100L/H, Rain1400, BasicSR's lq/gt), case-insensitive.
@@ -185,11 +185,13 @@ class _Base(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         return index % len(self), np.random.default_rng([self.seed, int(sample_seed) & 0xFFFFFFFFFFFF])
 
-    def _window(self, images: list[np.ndarray], rng: np.random.Generator, what: str) -> list[np.ndarray]:
-        """The same random crop and augmentation of ``images``."""
-        if self.patch_size is not None:
+    def _window(self, images: list[np.ndarray], rng: np.random.Generator, what: str,
+                size: int | None = None) -> list[np.ndarray]:
+        """The same random crop (``size``, else ``patch_size``) and augmentation of ``images``."""
+        size = size or self.patch_size
+        if size is not None:
             try:
-                images = paired_random_crop(images, self.patch_size, rng)
+                images = paired_random_crop(images, size, rng)
             except ValueError as e:
                 raise DatasetError(f"{what}: {e}") from e
         if self.augment.enabled:
@@ -309,15 +311,22 @@ class SyntheticRainDataset(_Base):
     ``RainParams``. The target is the clean crop through the rain's camera blur and noise, if any. The crop
     is taken first, so the cost of synthesis is that of a patch, not of the whole image. ``clean_fraction``:
     the share of samples left dry (input = target), which teaches the model to leave rain-free images alone.
+    ``render_scale``: a number or ``[low, high]`` (drawn log-uniformly per sample), >= 1: the rain is drawn on a
+    window that many times the crop, then rainy image and target are shrunk to the crop together (antialiased),
+    so that streaks come thinner, shorter and fainter over finer scenery, as in photos taken large and shown
+    small; 1 (the default) draws at the crop's own scale. It needs ``patch_size``.
     """
 
     def __init__(self, files: Sequence[Path] | str | os.PathLike, preset="light", patch_size: int | None = None,
                  seed: int = 0, augment: PairedAugment | None = None, cache: bool = False, check: bool = True,
-                 clean_fraction: float = 0.0) -> None:
+                 clean_fraction: float = 0.0, render_scale: float | Sequence[float] = 1.0) -> None:
         super().__init__(patch_size, seed, augment, cache)
         if not 0.0 <= clean_fraction <= 1.0:
             raise DatasetError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
         self.clean_fraction = float(clean_fraction)
+        self.render_scale = scale_range(render_scale)
+        if self.render_scale != (1.0, 1.0) and patch_size is None:
+            raise DatasetError("render_scale needs a patch_size (the crop the rain is shrunk to)")
         from ..rain import check_rain_sources
 
         try:  # an unknown name or missing streak images fail here, not in a DataLoader worker
@@ -338,12 +347,41 @@ class SyntheticRainDataset(_Base):
 
         index, rng = self._rng(key)
         f = self.files[index]
-        (clean,) = self._window([self._read(f)], rng, str(f))
+        image = self._read(f)
+        size = self.patch_size
+        low, high = self.render_scale
+        if high > 1.0:  # no draw when off: the same stream as before the setting existed
+            scale = low * (high / low) ** rng.random()
+            size = min(round(self.patch_size * scale), *image.shape[:2])
+        (clean,) = self._window([image], rng, str(f), size)
         clean = to_tensor(clean)
         if self.clean_fraction and rng.random() < self.clean_fraction:  # no draw at 0: same stream as before
+            clean = _shrink(clean, self.patch_size)
             return {"rain": clean.clone(), "clean": clean, "name": _name(f, self.root)}
         rain, target = add_rain_pair(clean, self.preset, seed=int(rng.integers(0, 2**31 - 1)))
-        return {"rain": rain.clamp(0, 1), "clean": target, "name": _name(f, self.root)}
+        return {"rain": _shrink(rain.clamp(0, 1), self.patch_size), "clean": _shrink(target, self.patch_size),
+                "name": _name(f, self.root)}
+
+
+def scale_range(value: float | Sequence[float]) -> tuple[float, float]:
+    """``render_scale`` as ``(low, high)``, checked: a number ``s`` (or ``[s]``) is ``(s, s)``; ``1 <= low <= high``."""
+    try:
+        values = [value] if isinstance(value, (int, float)) else list(value)
+        low, high = values * 2 if len(values) == 1 else values
+        if not any(isinstance(v, bool) for v in values) and 1.0 <= float(low) <= float(high):
+            return float(low), float(high)
+    except (TypeError, ValueError):
+        pass
+    raise DatasetError(f"render_scale must be a number >= 1 or [low, high] with 1 <= low <= high, got {value!r}")
+
+
+def _shrink(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """A ``(C, H, W)`` image resized to ``size`` x ``size`` (antialiased), unchanged when it already is."""
+    if size is None or image.shape[-2:] == (size, size):
+        return image
+    out = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False)[0]
+    return out.clamp(0, 1)
 
 
 def split_key(key: int | tuple[int, int]) -> tuple[int, int]:
@@ -384,19 +422,22 @@ def _name(path: Path, root: Path | None) -> str:
 def make_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], format: str | None = None,
                  patch_size: int | None = None, synthetic_rain=None, seed: int = 0,
                  augment: PairedAugment | None = None, cache: bool = False, pair_dirs: Sequence[str] | None = None,
-                 require_pairs: bool = False, clean_fraction: float = 0.0) -> Dataset:
+                 require_pairs: bool = False, clean_fraction: float = 0.0,
+                 render_scale: float | Sequence[float] = 1.0) -> Dataset:
     """The dataset of any supported folder (format detected with :func:`detect_format` unless given).
 
     ``synthetic_rain`` (a preset) means ``path`` holds clean images (a folder tree) to make rainy. Several
     paths give one :class:`ConcatDataset`. ``require_pairs``: a folder of rainy images only is an error.
-    ``clean_fraction``: with synthetic rain, the share of samples left dry.
+    ``clean_fraction``, ``render_scale``: with synthetic rain, the share of samples left dry and the scale the
+    rain is drawn at (:class:`SyntheticRainDataset`).
     """
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             path = path[0]
         else:
             return ConcatDataset([make_dataset(p, format, patch_size, synthetic_rain, seed, augment, cache,
-                                               pair_dirs, require_pairs, clean_fraction) for p in path])
+                                               pair_dirs, require_pairs, clean_fraction, render_scale)
+                                  for p in path])
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
@@ -412,7 +453,7 @@ def make_dataset(path: str | os.PathLike | Sequence[str | os.PathLike], format: 
         return SideBySideDataset(path, augment=augment, **kw)
     if format == "clean":
         return SyntheticRainDataset(path, synthetic_rain or "light", augment=augment, clean_fraction=clean_fraction,
-                                    **kw)
+                                    render_scale=render_scale, **kw)
     if require_pairs:
         raise DatasetError(
             f"{path} holds rainy images without clean ground truth; training needs rain/ + norain/ "

@@ -76,6 +76,7 @@ class TrainConfig:
     pair_dirs: list[str] | None
     synthetic_rain: str | None
     clean_fraction: float
+    render_scale: float | list[float]
     # validation
     val: str | None
     val_max: int | None
@@ -221,6 +222,14 @@ def _validate(cfg: TrainConfig) -> None:
     _number("clean_fraction", cfg.clean_fraction, 0, 1)
     if cfg.clean_fraction and cfg.synthetic_rain is None and cfg.format != "clean":
         raise ConfigError("clean_fraction needs synthetic_rain (it leaves some clean crops without rain)")
+    from ..data import DatasetError, scale_range
+
+    try:
+        scale = scale_range(cfg.render_scale)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from None
+    if scale != (1.0, 1.0) and cfg.synthetic_rain is None:
+        raise ConfigError("render_scale needs synthetic_rain (it is the scale the rain is drawn at)")
     ms = cfg.milestones
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in ms):
         raise ConfigError(f"milestones must be a list of fractions of the steps in (0, 1], got {ms!r}")

@@ -194,7 +194,7 @@ class Trainer:
         self.train_set = make_dataset(cfg.data, format=cfg.format, patch_size=cfg.patch_size,
                                       synthetic_rain=cfg.synthetic_rain, seed=cfg.seed, augment=augment,
                                       cache=cfg.cache, pair_dirs=cfg.pair_dirs, require_pairs=True,
-                                      clean_fraction=cfg.clean_fraction)
+                                      clean_fraction=cfg.clean_fraction, render_scale=cfg.render_scale)
         if cfg.steps is None:  # the authors': 1000 epochs of their batches
             self.cfg = cfg = cfg.replace(steps=max(1, math.ceil(1000 * len(self.train_set) / cfg.batch_size)))
         self.val_set = None
