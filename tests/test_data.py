@@ -276,7 +276,7 @@ def test_render_scale_off_draws_nothing_and_bad_values_are_named(tmp_path):
         same = make_dataset(tmp_path, patch_size=16, synthetic_rain="light", render_scale=off)
         assert all(torch.equal(plain[(0, k)]["rain"], same[(0, k)]["rain"]) for k in range(3))
     assert scale_range(2) == (2.0, 2.0) and scale_range([1, 2.5]) == (1.0, 2.5)
-    for bad in (0.5, [2, 1], [1, 2, 3], "x", True, None):
+    for bad in (0.5, [2, 1], [1, 2, 3], "x", "12", True, None):
         with pytest.raises(DatasetError, match="render_scale must be"):
             scale_range(bad)
     with pytest.raises(DatasetError, match="render_scale needs a patch_size"):

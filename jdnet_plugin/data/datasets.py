@@ -365,13 +365,11 @@ class SyntheticRainDataset(_Base):
 
 def scale_range(value: float | Sequence[float]) -> tuple[float, float]:
     """``render_scale`` as ``(low, high)``, checked: a number ``s`` (or ``[s]``) is ``(s, s)``; ``1 <= low <= high``."""
-    try:
-        values = [value] if isinstance(value, (int, float)) else list(value)
-        low, high = values * 2 if len(values) == 1 else values
-        if not any(isinstance(v, bool) for v in values) and 1.0 <= float(low) <= float(high):
-            return float(low), float(high)
-    except (TypeError, ValueError):
-        pass
+    values = [value] if isinstance(value, (int, float)) else list(value) if isinstance(value, (list, tuple)) else []
+    if len(values) in (1, 2) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        low, high = float(values[0]), float(values[-1])
+        if 1.0 <= low <= high < float("inf"):
+            return low, high
     raise DatasetError(f"render_scale must be a number >= 1 or [low, high] with 1 <= low <= high, got {value!r}")
 
 
