@@ -6,13 +6,16 @@
 #     runs/rain-comparison-{mixed,broad}/
 #   ROUND=l1: configs/rain-comparison-l1-{mixed,broad-long}.yaml (ssim+l1, 128x128 crops) into
 #     runs/rain-comparison-l1-{mixed,broad-long}/
-# Usage: [ROUND=l1] bash configs/train_rain_comparison.sh [extra train flags for both runs]
+#   ROUND=r3: configs/rain-comparison-r3-{mixed,soft-long-heavy}.yaml (round 2's recipe; the rain of the default since
+#     stage 24, broad-soft-long-heavy) into runs/rain-comparison-r3-{mixed,soft-long-heavy}/
+# Usage: [ROUND=l1|r3] bash configs/train_rain_comparison.sh [extra train flags for both runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source configs/_clean_data.sh  # PY, SHARED, RUN, CLEAN, DATA, the validation pairs and side_by_side
 case ${ROUND:-1} in
   1) side_by_side rain-comparison mixed broad -- "$@" ;;
   l1) side_by_side rain-comparison-l1 mixed broad-long -- "$@" ;;
-  *) echo "ROUND must be 1 or l1, not '$ROUND'" >&2; exit 2 ;;
+  r3) side_by_side rain-comparison-r3 mixed soft-long-heavy -- "$@" ;;
+  *) echo "ROUND must be 1, l1 or r3, not '$ROUND'" >&2; exit 2 ;;
 esac
 echo "done"
