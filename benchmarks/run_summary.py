@@ -81,8 +81,9 @@ def markdown(name: str, s: dict) -> str:
              f"({s['resumes']} resume(s)), median {s['median_steps_per_s']} steps/s, on {s['machine']}; "
              f"{s['train_size']} training images, {s['params']:,} parameters.", "",
              "config: " + ", ".join(f"{k}={cfg[k]}" for k in ("preset", "synthetic_rain", "clean_fraction",
-                                                               "patch_size", "batch_size", "steps", "loss", "lr",
-                                                               "init", "seed") if k in cfg), "",
+                                                               "render_scale", "patch_size", "batch_size", "steps",
+                                                               "loss", "lr", "ema_decay", "init", "seed")
+                                 if k in cfg), "",
              "| steps | mean training loss |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["train_loss_per_100_steps"].items()]
     if s["validation"]:
