@@ -228,7 +228,7 @@ def _validate(cfg: TrainConfig) -> None:
         scale = scale_range(cfg.render_scale)
     except DatasetError as e:
         raise ConfigError(str(e)) from None
-    if scale != (1.0, 1.0) and cfg.synthetic_rain is None:
+    if scale != (1.0, 1.0) and cfg.synthetic_rain is None and cfg.format != "clean":
         raise ConfigError("render_scale needs synthetic_rain (it is the scale the rain is drawn at)")
     ms = cfg.milestones
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in ms):
