@@ -117,16 +117,18 @@ def test_the_command_keeps_freed_memory_on_the_cpu_and_the_library_does_not(data
     assert calls == [("cli", {"large_blocks": True})]
 
 
-def test_synthetic_rain_from_clean_tree_with_workers(tmp_path):
+@pytest.mark.parametrize("scale", [[], ["1", "1.5"]])  # windows up to 24 px clamped to the 20-px side
+def test_synthetic_rain_from_clean_tree_with_workers(tmp_path, scale):
     rng = np.random.default_rng(1)
     for i, sub in enumerate(["a", "b/c", "b"]):
         write_rgb(tmp_path / "clean" / sub / f"{i}.jpg", rng.integers(0, 255, (20, 22, 3), dtype=np.uint8))
     out = tmp_path / "run"
     argv = ["--data", str(tmp_path / "clean"), "--synthetic-rain", "mixed", "--out", str(out), "--steps", "3",
-            "--loss", "l1", *TINY, "--workers", "1"]
+            "--loss", "l1", *TINY, "--workers", "1", *(["--render-scale", *scale] if scale else [])]
     assert main(argv) == 0
     ckpt = torch.load(out / "final.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["train_config"]["synthetic_rain"] == "mixed"
+    assert ckpt["train_config"]["render_scale"] == ([float(v) for v in scale] if scale else 1.0)
     assert _log(out)[0]["train_size"] == 3
 
 
