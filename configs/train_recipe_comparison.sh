@@ -27,6 +27,8 @@
 # `broad-soft-long-heavy`, the heavy end brought back to stage 17's shares; averaged with stage 23 alike into
 # runs/stage24-soup.pt). Stage 25: STAGE=stage25 (render-scale, render-scale-seed34: the same from stage 24 with the
 # rain drawn at 1 to 2 times the crop's scale and shrunk to it; averaged with stage 24 alike into runs/stage25-soup.pt).
+# Stage 26: STAGE=stage26 (light, light-seed36: the same from stage 24 on `broad-light`, `light` rain on a quarter of
+# the images; averaged with stage 24 alike into runs/stage26-soup.pt).
 # Then, each:
 #   python eval_tasks/generalization.py --weights runs/STAGE-NAME/final.pt --out runs/gen-STAGE-NAME --cache runs/gen-cache
 # Usage: [STAGE=stage11] [CANDIDATES="a b"] bash configs/train_recipe_comparison.sh [extra train flags for every run].
@@ -53,7 +55,8 @@ case $STAGE in
   stage23) default="soft-long-slant soft-long-slant-seed30" ;;
   stage24) default="soft-long-heavy soft-long-heavy-seed32" ;;
   stage25) default="render-scale render-scale-seed34" ;;
-  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage25, not '$STAGE'" >&2; exit 2 ;;
+  stage26) default="light light-seed36" ;;
+  *) echo "STAGE must be stage7 to stage12, stage14, stage16 to stage26, not '$STAGE'" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086  # CANDIDATES is a list of names
 side_by_side "$STAGE" ${CANDIDATES:-$default} -- "$@"
